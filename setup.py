@@ -1,0 +1,35 @@
+"""Packaging for txcmux: many protocols on one port for Twisted."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="txcmux",
+    version="0.1.0",
+    description="Serve HTTP/1.1, HTTP/2, gRPC, TLS and any Twisted protocol on one port",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["txcmux", "txcmux.*"]) + ["twisted.plugins"],
+    package_data={"txcmux": ["py.typed"]},
+    include_package_data=False,
+    install_requires=[
+        "twisted[http2,tls]>=24.7.0",
+        "h2>=4.1,<5",
+        "hpack>=4.0,<5",
+        "hyperframe>=6.0,<7",
+        "grpcio>=1.60",
+        "grpcio-health-checking>=1.60",
+        "grpcio-reflection>=1.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6", "mypy>=1.10", "ruff>=0.5"],
+    },
+    entry_points={
+        "txcmux.matchers": [
+            "redis = txcmux.matchers._extra:redis",
+            "postgres = txcmux.matchers._extra:postgres",
+        ],
+    },
+    zip_safe=False,
+)

@@ -1,0 +1,261 @@
+"""The detector: the protocol every connection starts with.
+
+It buffers what the client sends, asks each route (in priority order) what
+it makes of the bytes so far, and on a match hands the live transport to the
+route's protocol, replaying the buffered bytes to it once.  After that the
+transport calls the new protocol directly; the detector only forwards
+events for transports it could not re-point (see ``_handoff.install``), and,
+on HTTP/2 connections where it sent SETTINGS, until the client's ACK of them
+has gone by.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocol,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._handoff import Handoff, IHandoffReceiver, install
+from ._route import Route
+from ._settings_ack import SettingsAckStripper
+from .matchers._http2 import EMPTY_SETTINGS, PREFACE
+from .matchers._verdict import Outcome
+
+if TYPE_CHECKING:
+    from ._factory import ProtocolSwitchingFactory
+
+_log = Logger(namespace="txcmux")
+_SHOWN_BYTES = 32
+
+
+def describe_peer(address: IAddress | None) -> str:
+    """A short, log-friendly name for a peer address."""
+    host = getattr(address, "host", None)
+    if host is not None:
+        port = getattr(address, "port", "")
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return (
+            f"unix:{name.decode(errors='replace') if isinstance(name, bytes) else name}"
+        )
+    return repr(address)
+
+
+@implementer(IHalfCloseableProtocol)
+class Detector(Protocol):
+    """Sniffs one connection and switches it to the route that matches."""
+
+    def __init__(self, switch: ProtocolSwitchingFactory, address: IAddress) -> None:
+        self._switch = switch
+        self._address = address
+        self._buffer = bytearray()
+        self._dead: set[int] = set()
+        self._sent: list[bytes] = []
+        self._timer: IDelayedCall | None = None
+        self._target: IProtocol | None = None
+        self._stripper: SettingsAckStripper | None = None
+        self._closing = False
+
+    # -- events from the transport -------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._switch.stats["accepted"] += 1
+        if self._switch.sniff_timeout is not None:
+            self._timer = self._switch.clock.callLater(
+                self._switch.sniff_timeout, self._timed_out
+            )
+        self._decide()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._target is not None:
+            self._forward(data)
+        elif not self._closing:
+            self._buffer += data
+            self._decide()
+
+    def readConnectionLost(self) -> None:
+        if self._target is not None:
+            self._forward_eof()
+        elif not self._closing:
+            self._decide(eof=True)
+
+    def writeConnectionLost(self) -> None:
+        half_closeable = IHalfCloseableProtocol(self._target, None)
+        if half_closeable is not None:
+            half_closeable.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_timer()
+        if self._target is not None:
+            self._target.connectionLost(reason)
+        elif not self._closing:
+            self._closing = True
+            self._switch.stats["closed.peer"] += 1
+            _log.info(
+                "txcmux: {peer} closed the connection while undecided"
+                " ({size} bytes seen: {head})",
+                peer=describe_peer(self._peer()),
+                size=len(self._buffer),
+                head=bytes(self._buffer[:_SHOWN_BYTES]),
+            )
+
+    # -- deciding ------------------------------------------------------------
+
+    def _decide(self, eof: bool = False) -> None:
+        """Ask the routes, in order, about the bytes so far; act on the answer."""
+        limit = self._switch.max_sniff_bytes
+        full = len(self._buffer) >= limit
+        data = bytes(self._buffer[:limit]) if full else bytes(self._buffer)
+        final = eof or full
+        pending = False
+        undecided_at_limit = False
+        sends: list[bytes] = []
+        for index, route in enumerate(self._switch.routes):
+            if index in self._dead:
+                continue
+            verdict = route.verdict(data)
+            if verdict.outcome is Outcome.MATCH:
+                if not pending:
+                    self._hand_over(route, eof)
+                    return
+                break  # an earlier route may still match; none later can win
+            if verdict.outcome is Outcome.NEED_MORE and not final:
+                pending = True
+                if verdict.send:
+                    sends.append(verdict.send)
+            else:
+                undecided_at_limit |= verdict.outcome is Outcome.NEED_MORE
+                self._dead.add(index)
+        if not pending:
+            if undecided_at_limit and full:
+                self._reject("too_long", f"still undecided after {limit} bytes")
+            elif eof:
+                self._reject(
+                    "no_match", "the client closed its side before any route matched"
+                )
+            else:
+                self._reject("no_match", "no route matched")
+            return
+        for send in sends:
+            if send not in self._sent:
+                self._sent.append(send)
+                assert self.transport is not None
+                self.transport.write(send)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        fallback = self._switch.on_timeout
+        if fallback is None:
+            self._reject(
+                "timeout", f"undecided after {self._switch.sniff_timeout} seconds"
+            )
+        else:
+            self._switch.stats["timeout_fallback"] += 1
+            self._hand_over(self._switch.route(fallback), eof=False)
+
+    # -- switching -----------------------------------------------------------
+
+    def _hand_over(self, route: Route, eof: bool) -> None:
+        """Give the transport to ``route``'s protocol and replay the buffer once."""
+        self._cancel_timer()
+        protocol = route.factory.buildProtocol(self._peer())
+        if protocol is None:
+            self._reject(
+                "no_protocol", f"the factory of route {route.name!r} returned None"
+            )
+            return
+        buffered = bytes(self._buffer)
+        self._buffer = bytearray()
+        sent = b"".join(self._sent)
+        self._switch.stats["routed." + route.name] += 1
+        _log.debug(
+            "txcmux: {peer} -> route {route} after {size} bytes",
+            peer=describe_peer(self._peer()),
+            route=route.name,
+            size=len(buffered),
+        )
+        replay = buffered
+        if EMPTY_SETTINGS in self._sent and buffered.startswith(PREFACE):
+            stripper = SettingsAckStripper()
+            replay = stripper.feed(buffered)
+            if not stripper.done:
+                self._stripper = stripper
+        receiver = IHandoffReceiver(protocol, None)
+        if receiver is not None:
+            receiver.handoff_received(Handoff(route.name, self._peer(), buffered, sent))
+        self._target = protocol
+        if self._stripper is None:
+            install(self.transport, self, protocol)
+        assert self.transport is not None
+        protocol.makeConnection(self.transport)
+        if replay:
+            protocol.dataReceived(replay)
+        if eof:
+            self._forward_eof()
+
+    def _forward(self, data: bytes) -> None:
+        assert self._target is not None
+        stripper = self._stripper
+        if stripper is not None:
+            data = stripper.feed(data)
+            if stripper.done:
+                self._stripper = None
+                install(self.transport, self, self._target)
+        if data:
+            self._target.dataReceived(data)
+
+    def _forward_eof(self) -> None:
+        half_closeable = IHalfCloseableProtocol(self._target, None)
+        if half_closeable is not None:
+            half_closeable.readConnectionLost()
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- closing -------------------------------------------------------------
+
+    def _reject(self, reason: str, detail: str) -> None:
+        """Close a connection no route will take: count, log, tell the hook."""
+        from ._factory import Rejection
+
+        self._cancel_timer()
+        self._closing = True
+        seen = bytes(self._buffer)
+        self._buffer = bytearray()
+        self._switch.stats["closed." + reason] += 1
+        _log.info(
+            "txcmux: closing connection from {peer}: {detail}"
+            " ({size} bytes seen: {head})",
+            peer=describe_peer(self._peer()),
+            detail=detail,
+            size=len(seen),
+            head=seen[:_SHOWN_BYTES],
+        )
+        assert self.transport is not None
+        self.transport.loseConnection()
+        self._switch.report(Rejection(reason, detail, self._peer(), seen))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _peer(self) -> IAddress:
+        """The client's address: the transport's, else the one we were built for."""
+        if self.transport is not None:
+            try:
+                peer: IAddress = self.transport.getPeer()
+                return peer
+            except Exception:  # an odd test transport; the build address will do
+                pass
+        return self._address

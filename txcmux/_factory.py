@@ -1,0 +1,150 @@
+"""ProtocolSwitchingFactory: many protocols on one listening port.
+
+::
+
+    from twisted.internet import endpoints, reactor
+    from txcmux import ProtocolSwitchingFactory, Route, matchers
+
+    mux = ProtocolSwitchingFactory(
+        [
+            Route("echo", matchers.prefix(b"ECHO "), echo_factory),
+            Route("web", [matchers.http1(), matchers.http2()], web_factory),
+            Route("ssh", matchers.ssh(), ssh_factory),
+        ],
+        sniff_timeout=5.0,
+        max_sniff_bytes=16384,
+        on_timeout="ssh",
+    )
+    endpoints.serverFromString(reactor, "tcp:8080").listen(mux)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from ._detector import Detector
+from ._errors import ConfigurationError
+from ._route import Route
+
+_log = Logger(namespace="txcmux")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A connection the detector closed without handing it to any route.
+
+    ``reason`` is one of ``no_match``, ``too_long``, ``timeout`` or
+    ``no_protocol`` (a route's factory returned None); ``data`` is every
+    byte the client had sent.
+    """
+
+    reason: str
+    detail: str
+    peer: IAddress | None
+    data: bytes
+
+
+class ProtocolSwitchingFactory(Factory):
+    """A server factory that picks each connection's protocol by its first bytes.
+
+    ``routes`` are tried in order (strict priority: while an earlier route
+    needs more bytes, no later route wins).  ``sniff_timeout`` is how many
+    seconds a client has to make the decision possible (None: no limit);
+    ``max_sniff_bytes`` caps the bytes buffered while deciding; ``on_timeout``
+    names the route that gets clients still undecided at the timeout (for
+    protocols where the server speaks first), else they are closed;
+    ``on_error`` is called with a :class:`Rejection` for every connection
+    closed undecided.  ``clock`` defaults to the global reactor.
+
+    ``stats`` counts connections: ``accepted``, ``routed.<route>``,
+    ``timeout_fallback``, ``closed.<reason>`` for each rejection reason and
+    ``closed.peer`` for clients that left while undecided.
+    """
+
+    def __init__(
+        self,
+        routes: Iterable[Route],
+        sniff_timeout: float | None = 5.0,
+        max_sniff_bytes: int = 16384,
+        on_timeout: str | None = None,
+        on_error: Callable[[Rejection], object] | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.routes = tuple(routes)
+        if not self.routes:
+            raise ConfigurationError(
+                "ProtocolSwitchingFactory needs at least one route"
+            )
+        self._by_name: dict[str, Route] = {}
+        for route in self.routes:
+            if not isinstance(route, Route):
+                raise ConfigurationError(f"expected a txcmux.Route, got {route!r}")
+            if route.name in self._by_name:
+                raise ConfigurationError(f"two routes are named {route.name!r}")
+            self._by_name[route.name] = route
+        if sniff_timeout is not None and not sniff_timeout > 0:
+            raise ConfigurationError(
+                "sniff_timeout must be a positive number of seconds,"
+                f" not {sniff_timeout!r}"
+            )
+        if max_sniff_bytes < 1:
+            raise ConfigurationError(
+                f"max_sniff_bytes must be at least 1, not {max_sniff_bytes!r}"
+            )
+        if on_timeout is not None and on_timeout not in self._by_name:
+            raise ConfigurationError(
+                f"on_timeout names route {on_timeout!r}, but the routes are"
+                f" {', '.join(repr(n) for n in self._by_name)}"
+            )
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self.sniff_timeout = sniff_timeout
+        self.max_sniff_bytes = max_sniff_bytes
+        self.on_timeout = on_timeout
+        self.on_error = on_error
+        self.clock: IReactorTime = clock
+        self.stats: Counter[str] = Counter()
+
+    def route(self, name: str) -> Route:
+        """The route called ``name``."""
+        return self._by_name[name]
+
+    def buildProtocol(self, addr: IAddress | None) -> Detector:
+        """A detector for one new connection."""
+        return Detector(self, addr)  # type: ignore[arg-type]
+
+    def _target_factories(self) -> list[IProtocolFactory]:
+        unique: dict[int, IProtocolFactory] = {}
+        for route in self.routes:
+            unique.setdefault(id(route.factory), route.factory)
+        return list(unique.values())
+
+    def startFactory(self) -> None:
+        """Start every route's factory (a Site opens its log here)."""
+        for factory in self._target_factories():
+            factory.doStart()
+
+    def stopFactory(self) -> None:
+        """Stop every route's factory."""
+        for factory in self._target_factories():
+            factory.doStop()
+
+    def report(self, rejection: Rejection) -> None:
+        """Pass a rejection to ``on_error``; a hook that raises is logged."""
+        if self.on_error is None:
+            return
+        try:
+            self.on_error(rejection)
+        except Exception:
+            _log.failure("txcmux: the on_error hook raised")
+
+    def __repr__(self) -> str:
+        return f"<ProtocolSwitchingFactory routes={[r.name for r in self.routes]}>"

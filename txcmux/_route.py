@@ -1,0 +1,87 @@
+"""A route: a name, the matchers that select it, and the factory it hands to."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.logger import Logger
+
+from .matchers._verdict import MATCH, NEED_MORE, NO_MATCH, Matcher, Outcome, Verdict
+
+_log = Logger()
+
+
+@dataclass(frozen=True, eq=False)
+class Route:
+    """Where connections go whose first bytes one of ``matcher`` matches.
+
+    ``matcher`` is one :class:`~txcmux.matchers.Matcher` or a sequence of
+    them (any of them matching selects the route).  ``factory`` is any
+    Twisted protocol factory; it builds the protocol that takes over the
+    connection.
+
+    >>> from twisted.internet.protocol import Factory, Protocol
+    >>> from txcmux import Route, matchers
+    >>> factory = Factory.forProtocol(Protocol)
+    >>> Route("web", [matchers.http1(), matchers.http2()], factory)
+    <Route web: http1 | http2>
+    """
+
+    name: str
+    matcher: Matcher | Sequence[Matcher]
+    factory: IProtocolFactory
+    matchers: tuple[Matcher, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        found = (
+            tuple(self.matcher)
+            if isinstance(self.matcher, Sequence)
+            else (self.matcher,)
+        )
+        if not self.name:
+            raise ValueError("a Route needs a non-empty name")
+        if not found:
+            raise ValueError(f"route {self.name!r} has no matcher")
+        for matcher in found:
+            if not callable(matcher) or not hasattr(matcher, "max_bytes"):
+                raise TypeError(
+                    f"route {self.name!r}: {matcher!r} is not a matcher"
+                    " (expected an object from txcmux.matchers)"
+                )
+        if not IProtocolFactory.providedBy(self.factory):
+            raise TypeError(
+                f"route {self.name!r}: {self.factory!r} is not a protocol factory"
+            )
+        object.__setattr__(self, "matchers", found)
+
+    def verdict(self, data: bytes) -> Verdict:
+        """Combine the matchers' answers: any match wins, then any need-more.
+
+        A matcher that raises, or that asks for more than its own bound, is
+        taken to have answered ``NO_MATCH``.
+        """
+        waiting: list[bytes] = []
+        for matcher in self.matchers:
+            try:
+                answer = matcher(data)
+            except Exception:
+                _log.failure(
+                    "txcmux: matcher {matcher} of route {route} raised;"
+                    " taken as no match",
+                    matcher=matcher.name,
+                    route=self.name,
+                )
+                continue
+            if answer.outcome is Outcome.MATCH:
+                return MATCH
+            if answer.outcome is Outcome.NEED_MORE and len(data) < matcher.max_bytes:
+                waiting.append(answer.send)
+        if not waiting:
+            return NO_MATCH
+        send = b"".join(dict.fromkeys(waiting))
+        return Verdict(Outcome.NEED_MORE, send) if send else NEED_MORE
+
+    def __repr__(self) -> str:
+        return f"<Route {self.name}: {' | '.join(m.name for m in self.matchers)}>"

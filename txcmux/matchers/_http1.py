@@ -1,0 +1,175 @@
+"""HTTP/1.x matchers: by method, by request line, by a header of the first request.
+
+All three read the bytes as RFC 9112 frames an HTTP/1.1 request: a request
+line ``method SP request-target SP HTTP-version CRLF`` and header lines
+``field-name ":" OWS field-value OWS CRLF`` up to an empty line.  A bare LF
+is accepted where CRLF is expected (RFC 9112 section 2.2 allows it).
+"""
+
+from __future__ import annotations
+
+from ._verdict import MATCH, NEED_MORE, NO_MATCH, FunctionMatcher, Verdict
+
+# RFC 9110 section 5.6.2: tchar.
+_TCHAR = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+# RFC 9110 section 9 registers these; PATCH comes from RFC 5789.
+STANDARD_METHODS = (
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"CONNECT",
+    b"OPTIONS",
+    b"TRACE",
+    b"PATCH",
+)
+_VERSION = b"HTTP/1."
+DEFAULT_MAX_REQUEST_LINE = 8192
+DEFAULT_MAX_HEADER_BYTES = 16384
+
+
+def _is_token(value: bytes) -> bool:
+    return bool(value) and all(byte in _TCHAR for byte in value)
+
+
+def http1_fast(*extra_methods: bytes | str) -> FunctionMatcher:
+    """Match a request that starts with a known method and a space.
+
+    Decides after a few bytes, so it is the cheapest HTTP/1 matcher.  Knows
+    every RFC 9110 method and PATCH; name others (WebDAV's ``PROPFIND``...)
+    in ``extra_methods``.  Extension methods must be tokens.
+    """
+    methods = list(STANDARD_METHODS)
+    for method in extra_methods:
+        raw = method.encode("ascii") if isinstance(method, str) else method
+        if not _is_token(raw):
+            raise ValueError(f"http1_fast(): {method!r} is not an HTTP method token")
+        methods.append(raw)
+    starts = tuple(m + b" " for m in methods)
+
+    def verdict(data: bytes) -> Verdict:
+        waiting = False
+        for start in starts:
+            if data.startswith(start):
+                return MATCH
+            if start.startswith(data):
+                waiting = True
+        return NEED_MORE if waiting else NO_MATCH
+
+    return FunctionMatcher("http1_fast", max(len(s) for s in starts), verdict)
+
+
+def _line_end(data: bytes, start: int) -> tuple[int, int] | None:
+    """Where the line that begins at ``start`` ends, and where the next begins."""
+    newline = data.find(b"\n", start)
+    if newline < 0:
+        return None
+    end = newline - 1 if newline > start and data[newline - 1] == 0x0D else newline
+    return end, newline + 1
+
+
+def request_line_end(data: bytes) -> Verdict | int:
+    """Check an HTTP/1.x request line; return the offset just after it.
+
+    Returns ``NEED_MORE`` or ``NO_MATCH`` while the line is incomplete or
+    invalid.  Rejects as early as a byte proves the line is not HTTP/1.
+    """
+    size = len(data)
+    i = 0
+    while i < size and data[i] in _TCHAR:
+        i += 1
+    if i == size:
+        return NEED_MORE
+    if i == 0 or data[i] != 0x20:
+        return NO_MATCH
+    i += 1
+    target_start = i
+    while i < size and (0x21 <= data[i] <= 0x7E or data[i] >= 0x80):
+        i += 1
+    if i == size:
+        return NEED_MORE
+    if i == target_start or data[i] != 0x20:
+        return NO_MATCH
+    i += 1
+    version = data[i : i + len(_VERSION) + 1]  # "HTTP/1." and one digit
+    if len(version) <= len(_VERSION):
+        return NEED_MORE if _VERSION.startswith(version) else NO_MATCH
+    if not version.startswith(_VERSION) or not 0x30 <= version[-1] <= 0x39:
+        return NO_MATCH
+    i += len(version)
+    if i == size:
+        return NEED_MORE
+    if data[i] == 0x0A:
+        return i + 1
+    if data[i] != 0x0D:
+        return NO_MATCH
+    if i + 1 == size:
+        return NEED_MORE
+    return i + 2 if data[i + 1] == 0x0A else NO_MATCH
+
+
+def http1(max_request_line: int = DEFAULT_MAX_REQUEST_LINE) -> FunctionMatcher:
+    """Match a full HTTP/1.x request line, with any method that is a token.
+
+    Unlike :func:`http1_fast` it waits for the end of the request line, so it
+    also catches extension methods and rejects HTTP/2's ``PRI * HTTP/2.0``.
+    """
+
+    def verdict(data: bytes) -> Verdict:
+        end = request_line_end(data)
+        return end if isinstance(end, Verdict) else MATCH
+
+    return FunctionMatcher("http1", max_request_line, verdict)
+
+
+def http1_header(
+    name: str | bytes,
+    value: str | bytes,
+    prefix: bool = False,
+    max_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> FunctionMatcher:
+    """Match an HTTP/1.x request whose first header block has ``name: value``.
+
+    The name is compared case-insensitively, as HTTP field names are; so is
+    the value (``Upgrade: WebSocket`` and ``Host: Example.COM`` are common),
+    after optional white space is trimmed.  With ``prefix=True`` the value
+    need only start with ``value``.  Any of several fields of that name may
+    match.  Answers as soon as a matching field is complete; ``NO_MATCH`` at
+    the end of the header block.
+    """
+    wanted_name = (name.encode("ascii") if isinstance(name, str) else name).lower()
+    wanted_value = (
+        value.encode("latin-1") if isinstance(value, str) else value
+    ).lower()
+    if not _is_token(wanted_name):
+        raise ValueError(f"http1_header(): {name!r} is not an HTTP field name")
+
+    def verdict(data: bytes) -> Verdict:
+        position = request_line_end(data)
+        if isinstance(position, Verdict):
+            return position
+        while True:
+            ends = _line_end(data, position)
+            if ends is None:
+                return NEED_MORE
+            end, following = ends
+            if end == position:
+                return NO_MATCH  # the empty line: end of the headers
+            colon = data.find(b":", position, end)
+            field_name = data[position:colon]
+            if colon < 0 or not _is_token(field_name):
+                return NO_MATCH  # malformed, or obsolete line folding
+            if field_name.lower() == wanted_name:
+                field_value = data[colon + 1 : end].strip(b" \t").lower()
+                if field_value == wanted_value or (
+                    prefix and field_value.startswith(wanted_value)
+                ):
+                    return MATCH
+            position = following
+
+    kind = "prefix" if prefix else "value"
+    label = f"http1_header({wanted_name.decode()}, {kind}={wanted_value!r})"
+    return FunctionMatcher(label, max_bytes, verdict)

@@ -1,0 +1,92 @@
+"""What a matcher answers, and the shape every matcher has.
+
+A matcher is a pure function of the bytes a client has sent so far::
+
+    >>> from txcmux import matchers
+    >>> m = matchers.prefix(b"PING")
+    >>> [m(data).outcome.value for data in (b"PI", b"PING\\r\\n", b"GET")]
+    ['need more', 'match', 'no match']
+
+Matchers must be *monotone*: once a matcher has answered ``MATCH`` or
+``NO_MATCH`` for some bytes, it answers the same for every extension of them.
+That is what makes the detector's decision independent of how the stream was
+split into reads.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+class Outcome(enum.Enum):
+    """The three answers a matcher can give."""
+
+    MATCH = "match"
+    NO_MATCH = "no match"
+    NEED_MORE = "need more"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A matcher's answer, with the bytes it needs sent to the peer, if any.
+
+    ``send`` is only meaningful with ``NEED_MORE``: it is how a matcher that
+    waits on a client which itself waits for the server (HTTP/2 clients that
+    wait for SETTINGS) makes progress.  The detector writes each distinct
+    ``send`` at most once per connection.
+    """
+
+    outcome: Outcome
+    send: bytes = b""
+
+
+MATCH = Verdict(Outcome.MATCH)
+NO_MATCH = Verdict(Outcome.NO_MATCH)
+NEED_MORE = Verdict(Outcome.NEED_MORE)
+
+
+@runtime_checkable
+class Matcher(Protocol):
+    """Anything the detector can ask about a connection's first bytes.
+
+    ``name`` is used in logs; ``max_bytes`` is the most bytes the matcher may
+    ask for: once the buffer holds that many it must not answer ``NEED_MORE``
+    (the detector treats it as ``NO_MATCH`` if it does).
+    """
+
+    name: str
+    max_bytes: int
+
+    def __call__(self, data: bytes) -> Verdict: ...
+
+
+class FunctionMatcher:
+    """A :class:`Matcher` made of a name, a bound and a function of the bytes.
+
+    This is the easiest way to write a matcher of your own::
+
+        def _is_ping(data: bytes) -> Verdict:
+            if len(data) < 4:
+                return NEED_MORE if b"PING".startswith(data) else NO_MATCH
+            return MATCH if data.startswith(b"PING") else NO_MATCH
+
+        ping = FunctionMatcher("ping", 4, _is_ping)
+    """
+
+    __slots__ = ("_function", "max_bytes", "name")
+
+    def __init__(
+        self, name: str, max_bytes: int, function: Callable[[bytes], Verdict]
+    ) -> None:
+        self.name = name
+        self.max_bytes = max_bytes
+        self._function = function
+
+    def __call__(self, data: bytes) -> Verdict:
+        return self._function(data)
+
+    def __repr__(self) -> str:
+        return f"<Matcher {self.name}>"
