@@ -12,21 +12,20 @@ from ._verdict import MATCH, NEED_MORE, NO_MATCH, FunctionMatcher, Verdict
 # RESP (Redis serialisation protocol): a client's commands are arrays,
 # "*<count>\r\n$<len>\r\n<name>\r\n...".  Inline commands (plain text such
 # as "PING\r\n") exist too, but cannot be told from other text protocols.
-_RESP_INLINE = b"*"
 
 
 def _resp_verdict(data: bytes) -> Verdict:
     if not data:
         return NEED_MORE
-    if data[:1] != _RESP_INLINE:
+    if data[:1] != b"*":
         return NO_MATCH
     end = data.find(b"\r\n")
-    count = data[1 : end if end >= 0 else len(data)]
-    if count and not count.isdigit():
-        return NO_MATCH
     if end < 0:
-        return NEED_MORE if len(count) < 10 else NO_MATCH
-    if not count:
+        count = data[1:].removesuffix(b"\r")
+        if (count and not count.isdigit()) or len(count) > 10:
+            return NO_MATCH
+        return NEED_MORE
+    if not data[1:end].isdigit():
         return NO_MATCH
     following = data[end + 2 : end + 3]
     if not following:
