@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .._errors import ConfigurationError
 from ._verdict import MATCH, NEED_MORE, NO_MATCH, FunctionMatcher, Verdict
 
 _HANDSHAKE = 22
@@ -184,10 +185,18 @@ _VERSION_ALIASES = {
 }  # fmt: skip
 
 
-def _one_or_many(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+def _one_or_many(
+    label: str, value: str | Iterable[str] | None
+) -> tuple[str, ...] | None:
     if value is None:
         return None
-    return (value,) if isinstance(value, str) else tuple(value)
+    found = (value,) if isinstance(value, str) else tuple(value)
+    if not found:
+        raise ConfigurationError(
+            f"tls(): {label} is an empty list, which nothing would match;"
+            f" give at least one value, or None not to filter by {label}"
+        )
+    return found
 
 
 def tls(
@@ -205,22 +214,22 @@ def tls(
     hello matches if it offers one of these protocols.  Without any of the
     three the matcher decides on the first six bytes.
     """
-    wanted_versions = _one_or_many(versions)
+    wanted_versions = _one_or_many("versions", versions)
     if wanted_versions is not None:
         try:
             wanted_versions = tuple(
                 _VERSION_ALIASES[v.lower()] for v in wanted_versions
             )
         except KeyError as error:
-            raise ValueError(
+            raise ConfigurationError(
                 f"tls(): unknown TLS version {error.args[0]!r};"
                 " expected one of 1.0, 1.1, 1.2, 1.3"
             ) from None
-    names = _one_or_many(sni)
+    names = _one_or_many("sni", sni)
     patterns = (
         tuple(n.lower().rstrip(".") for n in names) if names is not None else None
     )
-    protocols = _one_or_many(alpn)
+    protocols = _one_or_many("alpn", alpn)
 
     if wanted_versions is None and patterns is None and protocols is None:
         return FunctionMatcher("tls", 6, _record_start_verdict)
