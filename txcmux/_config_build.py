@@ -19,7 +19,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
@@ -47,6 +47,9 @@ from ._config_schema import (
 from ._errors import ConfigurationError
 from ._factory import ProtocolSwitchingFactory
 from ._route import Route
+
+if TYPE_CHECKING:
+    from .grpcserver import GrpcServer
 
 _log = Logger(namespace="txcmux")
 
@@ -114,7 +117,7 @@ class _Builder:
         self.config = config
         self.reactor = reactor
         self.factories: dict[str, IProtocolFactory] = {}
-        self.grpc_server: service.Service | None = None
+        self.grpc_server: GrpcServer | None = None
         grpc_functions: list[Callable[[Any], object]] = []
         for route in config.routes:
             if isinstance(route.target, GrpcTarget):
@@ -173,9 +176,7 @@ class _Builder:
                 from .relay import RelayFactory
             except ImportError:
                 raise _unavailable(config, route, "txcmux.relay") from None
-            return RelayFactory(  # type: ignore[no-any-return]
-                target.endpoint, reactor=self.reactor, name=route.name
-            )
+            return RelayFactory(target.endpoint, reactor=self.reactor, name=route.name)
         if isinstance(target, GrpcTarget):
             return self._grpc(route)
         return self._tls(route, target)
@@ -186,8 +187,17 @@ class _Builder:
         except ImportError:
             raise _unavailable(self.config, route, "txcmux.grpcserver") from None
         if self.grpc_server is None:
-            self.grpc_server = GrpcServer(self._grpc_functions, reactor=self.reactor)
-        return self.grpc_server.factory(name=route.name)  # type: ignore[attr-defined,no-any-return]
+            settings = self.config.grpc_server
+            grace = {} if settings.grace is None else {"grace": settings.grace}
+            self.grpc_server = GrpcServer(
+                self._grpc_functions,
+                max_workers=settings.max_workers,
+                maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+                options=settings.options,
+                reactor=self.reactor,
+                **grace,
+            )
+        return self.grpc_server.factory(name=route.name)
 
     def _tls(self, route: RouteConfig, target: TLSTarget) -> IProtocolFactory:
         try:
@@ -211,14 +221,14 @@ class _Builder:
             max_sniff_bytes=self.config.max_sniff_bytes,
             clock=self.reactor,
         )
+        options: dict[str, Any] = {"alpn": alpn, **target.options}
         try:
-            return TLSTerminationFactory(  # type: ignore[no-any-return]
+            return TLSTerminationFactory(
                 target.certificate,
                 target.key,
                 detector,
-                alpn=alpn,
                 clock=self.reactor,
-                **target.options,  # type: ignore[arg-type]
+                **options,
             )
         except ConfigurationError as error:
             raise ConfigurationError(

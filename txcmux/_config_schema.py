@@ -58,10 +58,18 @@ DEFAULT_MAX_SNIFF_BYTES = 16384
 #: The keys of each table a config file may hold; docs/configuration.md
 #: documents each of them (a test keeps the two in step).
 TOP_LEVEL_KEYS = ("listen", "sniff_timeout", "max_sniff_bytes", "on_timeout")
-TOP_LEVEL_TABLES = ("routes", "route")
+TOP_LEVEL_TABLES = ("routes", "route", "grpc_server")
 TARGET_KEYS = ("web", "static", "proxy", "grpc", "factory", "tls")
 ROUTE_KEYS = ("name", "match", *TARGET_KEYS)
 TLS_KEYS = ("certificate", "key", "routes")
+TLS_OPTION_KEYS = (
+    "alpn",
+    "sni",
+    "client_ca",
+    "client_certificates",
+    "handshake_timeout",
+)
+GRPC_SERVER_KEYS = ("max_workers", "max_concurrent_rpcs", "grace", "options")
 MATCHER_TABLE_KEYS = ("type",)
 
 #: Every key, qualified the way docs/configuration.md names them.
@@ -70,7 +78,9 @@ DOCUMENTED_KEYS = (
     *TOP_LEVEL_TABLES,
     *(f"route.{key}" for key in ROUTE_KEYS),
     *(f"route.tls.{key}" for key in TLS_KEYS),
+    *(f"route.tls.{key}" for key in TLS_OPTION_KEYS),
     *(f"route.match.{key}" for key in MATCHER_TABLE_KEYS),
+    *(f"grpc_server.{key}" for key in GRPC_SERVER_KEYS),
 )
 
 
@@ -186,6 +196,19 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class GrpcServerConfig:
+    """The ``[grpc_server]`` table: how the in-process gRPC server runs.
+
+    None means grpcio's (or txcmux.grpcserver's) default.
+    """
+
+    max_workers: int | None = None
+    max_concurrent_rpcs: int | None = None
+    grace: float | None = None
+    options: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """A checked config file.
 
@@ -202,6 +225,7 @@ class Config:
     on_timeout: str | None
     routes: tuple[RouteConfig, ...]
     listener_routes: tuple[str, ...]
+    grpc_server: GrpcServerConfig = field(default_factory=lambda: GrpcServerConfig())
 
     def route(self, name: str) -> RouteConfig:
         """The route called ``name`` (KeyError if none)."""
@@ -598,10 +622,57 @@ def _existing(where: _Where, base_dir: Path, value: object, kind: str) -> Path:
     return path
 
 
+def _tls_alpn(where: _Where, base_dir: Path, value: object) -> object:
+    if value == []:
+        return []
+    return list(_strings(where, value, 'protocol names such as "h2", "http/1.1"'))
+
+
+def _tls_sni(where: _Where, base_dir: Path, value: object) -> object:
+    expected = '{ "example.com" = { certificate = "a.pem", key = "a.key" } }'
+    if not isinstance(value, dict) or not value:
+        where.wrong(value, f"a table of server names, such as {expected}")
+    pairs: dict[str, tuple[Path, Path]] = {}
+    for name, pair in value.items():
+        at = where.at(_quote(name))
+        if not isinstance(pair, dict):
+            at.wrong(pair, '{ certificate = "a.pem", key = "a.key" }')
+        _check_keys(at, pair, ("certificate", "key"), "an sni entry")
+        for required in ("certificate", "key"):
+            if required not in pair:
+                at.at(required).fail("missing; an sni entry needs certificate, key")
+        pairs[name] = (
+            _existing(at.at("certificate"), base_dir, pair["certificate"], "file"),
+            _existing(at.at("key"), base_dir, pair["key"], "file"),
+        )
+    return pairs
+
+
+def _tls_client_ca(where: _Where, base_dir: Path, value: object) -> object:
+    return _existing(where, base_dir, value, "file")
+
+
+def _tls_client_certificates(where: _Where, base_dir: Path, value: object) -> object:
+    if value not in ("required", "optional"):
+        where.wrong(value, '"required" or "optional"')
+    return value
+
+
+def _tls_handshake_timeout(where: _Where, base_dir: Path, value: object) -> object:
+    return _positive_number(where, value)
+
+
 #: Keys of the ``tls`` table beyond certificate, key and routes, each with
-#: the function that checks its value.  Empty for now: the hook for SNI,
-#: client certificates and the like.
-_TLS_EXTRA_KEYS: dict[str, Callable[[_Where, Path, object], object]] = {}
+#: the function that checks its value and gives the keyword argument of
+#: txcmux.tls.TLSTerminationFactory of the same name.  A new option of that
+#: class is one entry here (and a row in docs/configuration.md).
+_TLS_EXTRA_KEYS: dict[str, Callable[[_Where, Path, object], object]] = {
+    "alpn": _tls_alpn,
+    "sni": _tls_sni,
+    "client_ca": _tls_client_ca,
+    "client_certificates": _tls_client_certificates,
+    "handshake_timeout": _tls_handshake_timeout,
+}
 
 
 def _tls(where: _Where, base_dir: Path, value: object) -> TLSTarget:
@@ -707,6 +778,35 @@ def _route(
     return RouteConfig(name, matchers, target)
 
 
+def _grpc_server(where: _Where, value: object) -> GrpcServerConfig:
+    if not isinstance(value, dict):
+        where.wrong(value, "a table such as [grpc_server] max_workers = 16")
+    _check_keys(where, value, GRPC_SERVER_KEYS, "the grpc_server table")
+    options = value.get("options", {})
+    if not isinstance(options, dict):
+        where.at("options").wrong(
+            options,
+            "a table of grpcio channel arguments, such as"
+            ' { "grpc.max_receive_message_length" = 16777216 }',
+        )
+    for name, option in options.items():
+        if isinstance(option, bool) or not isinstance(option, int | str):
+            where.at("options").at(name).wrong(option, "an integer or a string")
+    workers, rpcs, grace = (
+        value.get(key) for key in ("max_workers", "max_concurrent_rpcs", "grace")
+    )
+    return GrpcServerConfig(
+        max_workers=None
+        if workers is None
+        else _positive_integer(where.at("max_workers"), workers),
+        max_concurrent_rpcs=None
+        if rpcs is None
+        else _positive_integer(where.at("max_concurrent_rpcs"), rpcs),
+        grace=None if grace is None else _positive_number(where.at("grace"), grace),
+        options=tuple(options.items()),
+    )
+
+
 def _route_name(where: _Where, value: object, names: Sequence[str]) -> str:
     name = _string(where, value)
     if name not in names:
@@ -799,6 +899,7 @@ def validate(
                         " routes for the decrypted connection (TLS in TLS is"
                         " not supported)"
                     )
+    grpc_server = _grpc_server(top.at("grpc_server"), table.get("grpc_server", {}))
     on_timeout = table.get("on_timeout")
     if on_timeout is not None:
         on_timeout = _route_name(top.at("on_timeout"), on_timeout, listener_routes)
@@ -823,6 +924,7 @@ def validate(
         on_timeout=on_timeout,
         routes=tuple(routes),
         listener_routes=tuple(listener_routes),
+        grpc_server=grpc_server,
     )
 
 
@@ -878,3 +980,4 @@ def load(
         registry=registry,
         listen=listen,
     )
+

@@ -16,7 +16,7 @@ daemonizes.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -60,7 +60,7 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
         self.config: Config | None = None
         self.service: CmuxService | None = None
@@ -81,18 +81,19 @@ class Options(usage.Options):
             if path is None:
                 from .demo import config as demo_config
 
-                self.config = demo_config(listen)
+                config = demo_config(listen)
             else:
-                self.config = load(path, listen=listen)
-            self.service = make_service(self.config, port_file=self["port-file"])
+                config = load(path, listen=listen)
+            self.service = make_service(config, port_file=self["port-file"])
         except ConfigurationError as error:
             _fail(str(error))
+        self.config = config
         if self["check"]:
-            print(f"{path}: OK, {self.config.summary()}")
+            print(f"{path}: OK, {config.summary()}")
             raise SystemExit(0)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     """Print one line to stderr and exit: no usage text, no traceback."""
     print(f"twistd cmux: error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_CONFIG_ERROR)
