@@ -1,0 +1,226 @@
+"""Serve a twisted.web Site over HTTP/1.1, h2c and h2 (TLS ALPN) from one factory.
+
+:class:`WebFactory` is a protocol factory for a txcmux route (or any
+listener).  Each connection it serves looks at the client's first bytes once
+and becomes the Site's HTTP/1.1 channel, or Twisted's HTTP/2 connection when
+the bytes are the HTTP/2 preface (prior knowledge, "h2c") or TLS ALPN chose
+``h2``::
+
+    from twisted.web.server import Site
+    from twisted.web.static import Data
+    from txcmux import ProtocolSwitchingFactory, Route, matchers
+    from txcmux.web import WebFactory
+
+    site = Site(Data(b"hello", "text/plain"), logPath="access.log")
+    mux = ProtocolSwitchingFactory([
+        Route("web", [matchers.http1(), matchers.http2()], WebFactory(site)),
+    ])
+
+After that choice the transport calls the chosen channel directly: nothing
+of txcmux stays on the path of later reads.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import IResource
+from twisted.web.server import Site
+
+from ._detector import describe_peer
+from ._errors import ConfigurationError
+from ._h2c import load_h2_connection, start_h2
+from ._handoff import install
+from .matchers._http2 import PREFACE
+
+__all__ = ["WebFactory"]
+
+_log = Logger(namespace="txcmux")
+
+
+class WebFactory(Factory):
+    """A protocol factory serving one Site over HTTP/1.1, h2c and h2.
+
+    ``site_or_resource`` is a :class:`twisted.web.server.Site`, served as it
+    is (its access log, ``timeOut``, ``requestFactory``, ``reactor`` and
+    channel), or any ``IResource``, wrapped in a new Site built with
+    ``reactor`` (which must be left out, or be the Site's own, when a Site is
+    given).  ``http2=False`` serves HTTP/1.1 only and closes connections that
+    open with the HTTP/2 preface or negotiated ``h2``; with the default,
+    HTTP/2 support in Twisted is required and checked here (a
+    :class:`~txcmux.ConfigurationError` says what to install).
+
+    Starting and stopping this factory starts and stops the Site, which
+    opens and closes its access log.  ``stats`` counts connections by the
+    protocol chosen (``http/1.1``, ``h2c``, ``h2``) and those closed before a
+    choice (``closed.timeout``, ``closed.http2_disabled``).
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        site_or_resource: Site | IResource,
+        *,
+        reactor: Any = None,
+        http2: bool = True,
+    ) -> None:
+        if isinstance(site_or_resource, Site):
+            site = site_or_resource
+            if reactor is not None and reactor is not site.reactor:
+                raise ConfigurationError(
+                    "WebFactory(site, reactor=...): a Site brings its own reactor;"
+                    " build it with Site(resource, reactor=...) instead"
+                )
+        elif IResource.providedBy(site_or_resource):
+            site = Site(site_or_resource, reactor=reactor)  # type: ignore[no-untyped-call]
+        else:
+            raise ConfigurationError(
+                "WebFactory needs a twisted.web.server.Site or an IResource,"
+                f" not {site_or_resource!r}"
+            )
+        self.site: Site = site
+        self.http2 = http2
+        self._h2_connection = load_h2_connection() if http2 else None
+        self.stats: Counter[str] = Counter()
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        """A protocol that turns into the Site's channel on the first bytes."""
+        template = self.site.buildProtocol(addr)  # type: ignore[no-untyped-call]
+        if template is None:
+            return None
+        return _ChannelChooser(self, template)
+
+    def startFactory(self) -> None:
+        """Start the Site (it opens its access log)."""
+        self.site.doStart()  # type: ignore[no-untyped-call]
+
+    def stopFactory(self) -> None:
+        """Stop the Site (it closes its access log)."""
+        self.site.doStop()  # type: ignore[no-untyped-call]
+
+    def __repr__(self) -> str:
+        return f"<WebFactory site={self.site!r} http2={self.http2}>"
+
+
+def _unwrapped(template: IProtocol) -> IProtocol:
+    """The HTTP/1.1 channel inside Twisted's ALPN-switching proxy, if it is one.
+
+    ``Site.buildProtocol`` returns a ``_GenericHTTPChannelProtocol`` that
+    proxies every call to an ``HTTPChannel`` it configured; since the choice
+    is made, the channel can take the transport itself.  Anything else (a
+    Site subclass with its own channel) is used as it is.
+    """
+    generic = getattr(http, "_GenericHTTPChannelProtocol", None)
+    if generic is not None and type(template) is generic:
+        inner = getattr(template, "_channel", None)
+        if inner is not None:
+            channel: IProtocol = inner
+            return channel
+    return template
+
+
+class _ChannelChooser(Protocol):
+    """One connection until its first bytes say which HTTP it speaks.
+
+    Waits only while the bytes are a strict prefix of the HTTP/2 preface
+    (at most 23 bytes), and at most the Site's ``timeOut`` seconds.  Then it
+    builds the channel, points the transport at it with
+    :func:`txcmux._handoff.install`, and replays what it held.  Where the
+    transport still calls it afterwards (another protocol forwarding, as the
+    detector does until the client's SETTINGS ACK has gone by), it forwards
+    and tries again to step out of the way on each such read.
+    """
+
+    def __init__(self, web: WebFactory, template: IProtocol) -> None:
+        self._web = web
+        self._template = template
+        self._buffer = b""
+        self._channel: IProtocol | None = None
+        self._timer: IDelayedCall | None = None
+        self._closed = False
+
+    def connectionMade(self) -> None:
+        timeout = getattr(self._template, "timeOut", self._web.site.timeOut)
+        if timeout is not None:
+            self._timer = self._web.site.reactor.callLater(timeout, self._timed_out)
+
+    def dataReceived(self, data: bytes) -> None:
+        channel = self._channel
+        if channel is not None:
+            install(self.transport, self, channel)
+            channel.dataReceived(data)
+            return
+        if self._closed:
+            return
+        self._buffer += data
+        negotiated = getattr(self.transport, "negotiatedProtocol", None)
+        if (
+            negotiated != b"h2"
+            and len(self._buffer) < len(PREFACE)
+            and PREFACE.startswith(self._buffer)
+        ):
+            return  # the preface or not: the next bytes will say
+        self._choose(negotiated)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_timer()
+        if self._channel is not None:
+            self._channel.connectionLost(reason)
+
+    # -- choosing ------------------------------------------------------------
+
+    def _choose(self, negotiated: object) -> None:
+        self._cancel_timer()
+        web = self._web
+        transport = self.transport
+        assert transport is not None
+        if negotiated == b"h2" or self._buffer.startswith(PREFACE):
+            kind = "h2" if negotiated == b"h2" else "h2c"
+            if web._h2_connection is None:
+                self._close("http2_disabled", f"{kind} but http2=False")
+                return
+            channel = start_h2(web._h2_connection, transport, self._template, web.site)
+        else:
+            kind = "http/1.1"
+            channel = _unwrapped(self._template)
+            channel.makeConnection(transport)
+        web.stats[kind] += 1
+        self._channel = channel
+        install(transport, self, channel)
+        buffered, self._buffer = self._buffer, b""
+        channel.dataReceived(buffered)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._close("timeout", "no request within the Site's timeOut")
+
+    def _close(self, reason: str, detail: str) -> None:
+        """Close a connection no channel will take: count, log, close."""
+        self._cancel_timer()
+        self._closed = True
+        self._web.stats["closed." + reason] += 1
+        peer = self.transport.getPeer() if self.transport is not None else None
+        _log.info(
+            "txcmux.web: closing connection from {peer}: {detail}"
+            " ({size} bytes seen: {head!r})",
+            peer=describe_peer(peer),
+            detail=detail,
+            size=len(self._buffer),
+            head=self._buffer[:32],
+        )
+        self._buffer = b""
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
