@@ -513,11 +513,13 @@ def _matcher_arguments(
                 )
             if given:
                 value = params[given[0]]
-                items = value if isinstance(value, list) else [value]
-                args += [
-                    _convert(where.at(given[0]).item(i), v, to_bytes)
-                    for i, v in enumerate(items)
-                ]
+                at = where.at(given[0])
+                if isinstance(value, list):
+                    args += [
+                        _convert(at.item(i), v, to_bytes) for i, v in enumerate(value)
+                    ]
+                else:
+                    args.append(_convert(at, value, to_bytes))
         elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
             kwargs.update({k: v for k, v in params.items() if k not in accepted})
         elif parameter.name in params:

@@ -1,0 +1,718 @@
+"""Config files: every kind of mistake gives one clear message; valid files build.
+
+Each error test checks that the message names the file, the route and the
+key, says what was found and what was expected, and offers the near miss.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.web.resource import Resource
+
+from tests.captures import capture, http2_opening
+from tests.tls_support import pki
+from txcmux import ConfigurationError
+from txcmux._config_schema import DOCUMENTED_KEYS, TLS_OPTION_KEYS, _TLS_EXTRA_KEYS
+from txcmux.config import (
+    FactoryTarget,
+    GrpcTarget,
+    ProxyTarget,
+    StaticTarget,
+    TLSTarget,
+    WebTarget,
+    load,
+    loads,
+    make_service,
+)
+from txcmux.matchers import Outcome
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+WEB_ROUTE = """
+[[route]]
+name = "web"
+match = ["http1", "http2"]
+web = "txcmux.demo:resource"
+"""
+
+SSH_ROUTE = """
+[[route]]
+name = "ssh"
+match = ["ssh"]
+proxy = "tcp:host=127.0.0.1:port=22"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "cmux.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    """The message of the ConfigurationError that loading ``text`` raises."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigurationError) as raised:
+        load(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: "), message
+    assert "\n" not in message
+    return message
+
+
+def assert_says(message: str, *fragments: str) -> None:
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+# -- the top level -----------------------------------------------------------
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\nsniff_timout = 2\n' + WEB_ROUTE)
+    assert_says(
+        message,
+        'unknown key "sniff_timout"',
+        "expected one of listen, sniff_timeout",
+        'did you mean "sniff_timeout"?',
+    )
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\nsniff_timeout = "5"\n' + WEB_ROUTE)
+    assert_says(
+        message,
+        'key "sniff_timeout"',
+        'found the string "5"',
+        "expected a positive number of seconds",
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "found"),
+    [
+        ("max_sniff_bytes = true", "max_sniff_bytes", "the boolean true"),
+        ("max_sniff_bytes = 0", "max_sniff_bytes", "the integer 0"),
+        ("sniff_timeout = -1", "sniff_timeout", "the integer -1"),
+        ('on_timeout = ["ssh"]', "on_timeout", "an array of 1"),
+    ],
+)
+def test_wrong_types(tmp_path: Path, line: str, key: str, found: str) -> None:
+    message = error_of(tmp_path, f'listen = ["tcp:0"]\n{line}\n' + SSH_ROUTE)
+    assert_says(message, f'key "{key}"', f"found {found}", "expected")
+
+
+def test_listen_must_be_endpoint_strings(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "listen = 8080\n" + WEB_ROUTE)
+    assert_says(
+        message,
+        'key "listen"',
+        "found the integer 8080",
+        "expected a non-empty array of server endpoint strings",
+    )
+
+
+def test_toml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n[[route]\nname = "x"\n')
+    assert_says(message, "not valid TOML", "line 2", "column")
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        load("/nonexistent/cmux.toml")
+    assert_says(
+        str(raised.value), "/nonexistent/cmux.toml", "cannot read", "No such file"
+    )
+
+
+def test_no_routes(tmp_path: Path) -> None:
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n')
+    assert_says(message, "no [[route]] table", "expected at least one")
+
+
+# -- endpoint strings --------------------------------------------------------
+
+
+def test_unknown_server_endpoint_type(tmp_path: Path) -> None:
+    message = error_of(tmp_path, 'listen = ["tcpp:8080"]\n' + WEB_ROUTE)
+    assert_says(
+        message,
+        'key "listen[0]"',
+        '"tcpp:8080" is not a Twisted server endpoint string',
+        "expected one of tcp, unix",
+        'did you mean "tcp"?',
+    )
+
+
+def test_bad_server_endpoint_parameters(tmp_path: Path) -> None:
+    message = error_of(tmp_path, 'listen = ["tcp:0", "tcp:http"]\n' + WEB_ROUTE)
+    assert_says(
+        message,
+        'key "listen[1]"',
+        '"tcp:http" is not a valid Twisted server endpoint string',
+        'expected something like "tcp:8080"',
+    )
+
+
+def test_endpoint_strings_are_checked_without_listening(tmp_path: Path) -> None:
+    # A port that is surely in use by the time we check is not an error:
+    # checking never binds.  (Port 1 would need root to bind.)
+    config = load(write(tmp_path, 'listen = ["tcp:1", "unix:cmux.sock"]\n' + WEB_ROUTE))
+    assert config.listen == ("tcp:1", "unix:cmux.sock")
+    assert not (tmp_path / "cmux.sock").exists()
+
+
+def test_bad_client_endpoint(tmp_path: Path) -> None:
+    route = SSH_ROUTE.replace("tcp:host=127.0.0.1:port=22", "tcp:host=127.0.0.1")
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(
+        message,
+        'route "ssh"',
+        'key "proxy"',
+        '"tcp:host=127.0.0.1" is not a valid Twisted client endpoint string',
+        "port",
+        'expected something like "tcp:host=127.0.0.1:port=22"',
+    )
+
+
+def test_unknown_client_endpoint_type(tmp_path: Path) -> None:
+    route = SSH_ROUTE.replace("tcp:host", "tpc:host")
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(message, 'route "ssh"', 'key "proxy"', 'did you mean "tcp"?')
+
+
+def test_listen_option_replaces_and_is_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, 'listen = ["tcp:8080"]\n' + WEB_ROUTE)
+    assert load(path, listen=["tcp:0"]).listen == ("tcp:0",)
+    with pytest.raises(ConfigurationError) as raised:
+        load(path, listen=["tcp:0", "tpc:1"])
+    assert_says(
+        str(raised.value), "the command line", '"--listen[1]"', 'did you mean "tcp"?'
+    )
+
+
+# -- routes ------------------------------------------------------------------
+
+
+def test_unknown_route_key(tmp_path: Path) -> None:
+    route = SSH_ROUTE.replace("proxy =", "proxi =")
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(
+        message,
+        'route "ssh"',
+        'unknown key "proxi"',
+        "expected one of name, match, web",
+        'did you mean "proxy"?',
+    )
+
+
+def test_missing_target(tmp_path: Path) -> None:
+    route = '[[route]]\nname = "ssh"\nmatch = ["ssh"]\n'
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(
+        message,
+        'route "ssh"',
+        "missing target",
+        "expected exactly one of the keys web, static, proxy, grpc, factory, tls",
+    )
+
+
+def test_two_targets(tmp_path: Path) -> None:
+    route = SSH_ROUTE + 'factory = "tests.test_config:echo_factory"\n'
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(
+        message, 'route "ssh"', "two targets, proxy and factory", "exactly one of"
+    )
+
+
+def test_missing_name_and_match(tmp_path: Path) -> None:
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n[[route]]\nmatch = ["ssh"]\n')
+    assert_says(message, "route #1", 'missing key "name"')
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n[[route]]\nname = "x"\n')
+    assert_says(message, 'route "x"', 'missing key "match"', "expected a list")
+
+
+def test_duplicate_route_names(tmp_path: Path) -> None:
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + SSH_ROUTE + SSH_ROUTE)
+    assert_says(message, 'route "ssh"', 'two routes are named "ssh"')
+
+
+def test_unknown_route_name_in_routes(tmp_path: Path) -> None:
+    text = 'listen = ["tcp:0"]\nroutes = ["ssh", "wbe"]\n' + SSH_ROUTE + WEB_ROUTE
+    message = error_of(tmp_path, text)
+    assert_says(
+        message,
+        'key "routes[1]"',
+        'no route is named "wbe"',
+        "the routes are ssh, web",
+        'did you mean "web"?',
+    )
+
+
+def test_unknown_route_name_in_on_timeout(tmp_path: Path) -> None:
+    text = 'listen = ["tcp:0"]\non_timeout = "sh"\n' + SSH_ROUTE + WEB_ROUTE
+    message = error_of(tmp_path, text)
+    assert_says(
+        message, 'key "on_timeout"', 'no route is named "sh"', 'did you mean "ssh"?'
+    )
+
+
+def test_on_timeout_must_be_on_the_listeners(tmp_path: Path) -> None:
+    text = (
+        'listen = ["tcp:0"]\nroutes = ["web"]\non_timeout = "ssh"\n'
+        + SSH_ROUTE
+        + WEB_ROUTE
+    )
+    message = error_of(tmp_path, text)
+    assert_says(message, 'key "on_timeout"', "the routes are web")
+
+
+# -- matchers ----------------------------------------------------------------
+
+
+def test_unknown_matcher(tmp_path: Path) -> None:
+    route = WEB_ROUTE.replace('"http1"', '"htp1"')
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(
+        message,
+        'route "web"',
+        'key "match[0]"',
+        'unknown matcher "htp1"',
+        "expected one of any, grpc, http1",
+        'did you mean "http1"?',
+    )
+
+
+def test_unknown_matcher_parameter(tmp_path: Path) -> None:
+    route = """
+    [[route]]
+    name = "grpc-web"
+    match = [{ type = "http2_header", name = "content-type", valeu = "x" }]
+    proxy = "tcp:host=127.0.0.1:port=9"
+    """
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + textwrap.dedent(route))
+    assert_says(
+        message,
+        'route "grpc-web"',
+        'key "match[0].valeu"',
+        'matcher "http2_header" has no parameter "valeu"',
+        "its parameters are: name, value, prefix, send_settings, max_bytes",
+        'did you mean "value"?',
+    )
+
+
+def test_matcher_refusing_its_parameters(tmp_path: Path) -> None:
+    route = SSH_ROUTE.replace('["ssh"]', '[{ type = "tls", versions = ["1.4"] }]')
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(
+        message,
+        'route "ssh"',
+        'key "match[0]"',
+        'matcher "tls" refused its parameters',
+        "1.4",
+        "its parameters are: versions, sni, alpn, max_bytes",
+    )
+
+
+def test_matcher_needing_parameters_named_bare(tmp_path: Path) -> None:
+    route = SSH_ROUTE.replace('["ssh"]', '["prefix"]')
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(message, 'matcher "prefix"', "write it as a table")
+
+
+def test_matcher_table_without_type(tmp_path: Path) -> None:
+    route = SSH_ROUTE.replace('["ssh"]', '[{ value = "PING" }]')
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(message, 'key "match[0]"', 'needs "type"')
+
+
+def test_prefix_value_and_values_are_bytes(tmp_path: Path) -> None:
+    text = """
+    listen = ["tcp:0"]
+    [[route]]
+    name = "ping"
+    match = [{ type = "prefix", value = "PING" },
+             { type = "prefix", values = ["\\u0080\\u0001", "ECHO"] }]
+    proxy = "tcp:host=127.0.0.1:port=9"
+    """
+    route = load(write(tmp_path, text)).route("ping")
+    one, two = (m.matcher for m in route.matchers)
+    assert one(b"PING\r\n").outcome is Outcome.MATCH
+    assert one(b"PONG").outcome is Outcome.NO_MATCH
+    # Strings are bytes written as Latin-1: \u0080 is the byte 0x80.
+    assert two(b"\x80\x01\x00").outcome is Outcome.MATCH
+    assert two(b"\xc2\x80").outcome is Outcome.NO_MATCH
+    assert two(b"ECHO").outcome is Outcome.MATCH
+
+
+def test_prefix_value_and_values_together(tmp_path: Path) -> None:
+    route = SSH_ROUTE.replace(
+        '["ssh"]', '[{ type = "prefix", value = "A", values = ["B"] }]'
+    )
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(message, 'takes "values" or "value", not both')
+
+
+def test_non_latin1_bytes(tmp_path: Path) -> None:
+    route = SSH_ROUTE.replace('["ssh"]', '[{ type = "prefix", value = "€" }]')
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(message, 'key "match[0].value"', "U+0000 to U+00FF")
+
+
+def test_header_matcher_table_matches_real_grpc_clients(tmp_path: Path) -> None:
+    text = """
+    listen = ["tcp:0"]
+    [[route]]
+    name = "grpc"
+    match = [
+      { type = "http2_header", name = "content-type", value = "application/grpc", prefix = true },
+    ]
+    proxy = "tcp:host=127.0.0.1:port=50051"
+    """
+    matcher = load(write(tmp_path, text)).route("grpc").matchers[0].matcher
+    assert matcher(http2_opening("grpcio-unary")).outcome is Outcome.MATCH
+    assert matcher(http2_opening("curl-h2c-prior-knowledge")).outcome is (
+        Outcome.NO_MATCH
+    )
+    assert matcher(capture("curl-http1.1.bin")).outcome is Outcome.NO_MATCH
+
+
+# -- targets -----------------------------------------------------------------
+
+
+def test_import_path_module_missing(tmp_path: Path) -> None:
+    route = WEB_ROUTE.replace("txcmux.demo:resource", "no_such_module.site:resource")
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(
+        message,
+        'route "web"',
+        'key "web"',
+        'cannot import "no_such_module.site:resource"',
+        "No module named 'no_such_module'",
+    )
+
+
+def test_import_path_attribute_missing(tmp_path: Path) -> None:
+    route = WEB_ROUTE.replace("txcmux.demo:resource", "txcmux.demo:resourse")
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(
+        message,
+        'route "web"',
+        'key "web"',
+        'txcmux.demo has no attribute "resourse"',
+        'did you mean "resource"?',
+    )
+
+
+def test_import_path_without_colon(tmp_path: Path) -> None:
+    route = WEB_ROUTE.replace("txcmux.demo:resource", "txcmux.demo.resource")
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(message, 'key "web"', 'expected an import path "module:attribute"')
+
+
+def test_import_path_that_raises(tmp_path: Path) -> None:
+    (tmp_path / "broken_cmux_app.py").write_text("raise RuntimeError('no db')\n")
+    route = WEB_ROUTE.replace("txcmux.demo:resource", "broken_cmux_app:resource")
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(message, 'key "web"', "RuntimeError: no db")
+
+
+def test_grpc_functions_must_be_callable(tmp_path: Path) -> None:
+    route = '[[route]]\nname = "g"\nmatch = ["grpc"]\ngrpc = ["txcmux.demo:SERVICE_NAME"]\n'
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(message, 'route "g"', 'key "grpc[0]"', "expected a callable f(server)")
+
+
+def test_static_directory_missing(tmp_path: Path) -> None:
+    route = '[[route]]\nname = "files"\nmatch = ["http1"]\nstatic = "www"\n'
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(message, 'route "files"', 'key "static"', "www is not a directory")
+
+
+def test_tls_unknown_key_and_missing_file(tmp_path: Path) -> None:
+    route = """
+    [[route]]
+    name = "tls"
+    match = ["tls"]
+    tls = { certificate = "server.pem", key = "server.key", route = ["web"] }
+    """
+    text = 'listen = ["tcp:0"]\n' + textwrap.dedent(route) + WEB_ROUTE
+    message = error_of(tmp_path, text)
+    assert_says(
+        message,
+        'route "tls"',
+        'key "tls"',
+        'unknown key "route" in the tls table',
+        'did you mean "routes"?',
+    )
+    message = error_of(tmp_path, text.replace("route =", "routes ="))
+    assert_says(
+        message, 'route "tls"', 'key "tls.certificate"', "server.pem does not exist"
+    )
+
+
+def test_tls_routes_must_exist_and_not_be_tls(tmp_path: Path) -> None:
+    files = pki()
+    route = f"""
+    [[route]]
+    name = "tls"
+    match = ["tls"]
+    [route.tls]
+    certificate = "{files.server_certificate}"
+    key = "{files.server_key}"
+    routes = ["webb"]
+    """
+    text = 'listen = ["tcp:0"]\n' + textwrap.dedent(route) + WEB_ROUTE
+    message = error_of(tmp_path, text)
+    assert_says(
+        message,
+        'route "tls"',
+        'key "tls.routes[0]"',
+        'no route is named "webb"',
+        'did you mean "web"?',
+    )
+    message = error_of(tmp_path, text.replace('"webb"', '"tls"'))
+    assert_says(message, 'key "tls.routes[0]"', "TLS in TLS is not supported")
+
+
+def test_build_time_errors_name_the_route(tmp_path: Path) -> None:
+    route = WEB_ROUTE.replace("txcmux.demo:resource", "tests.test_config:not_a_site")
+    config = load(write(tmp_path, 'listen = ["tcp:0"]\n' + route))
+    with pytest.raises(ConfigurationError) as raised:
+        make_service(config, reactor=MemoryReactorClock())
+    assert_says(
+        str(raised.value),
+        str(tmp_path / "cmux.toml"),
+        'route "web"',
+        'key "web"',
+        "not_a_site() returned 42",
+        "expected an IResource",
+    )
+
+
+# -- valid configs -----------------------------------------------------------
+
+
+def echo_factory() -> object:
+    """A protocol factory built by a callable (for the ``factory`` target)."""
+    from twisted.internet.protocol import Factory, Protocol
+
+    return Factory.forProtocol(Protocol)
+
+
+def not_a_site() -> int:
+    """A ``web`` callable that returns something else."""
+    return 42
+
+
+def add_nothing(server: object) -> None:
+    """A gRPC registration callable that registers nothing."""
+
+
+FULL = """
+listen = ["tcp:0", "unix:{tmp}/cmux.sock"]
+sniff_timeout = 2.5
+max_sniff_bytes = 4096
+on_timeout = "ssh"
+routes = ["tls", "grpc", "web", "ssh", "files", "echo"]
+
+[grpc_server]
+max_workers = 4
+options = {{ "grpc.max_receive_message_length" = 1048576 }}
+
+[[route]]
+name = "tls"
+match = [{{ type = "tls" }}]
+tls = {{ certificate = "{cert}", key = "{key}", routes = ["grpc", "web"] }}
+
+[[route]]
+name = "grpc"
+match = ["grpc"]
+grpc = ["txcmux.demo:add_services", "tests.test_config:add_nothing"]
+
+[[route]]
+name = "web"
+match = ["http1", "http2"]
+web = "local_cmux_site:Root"
+
+[[route]]
+name = "ssh"
+match = ["ssh"]
+proxy = "tcp:host=127.0.0.1:port=22"
+
+[[route]]
+name = "files"
+match = [{{ type = "http1_header", name = "host", value = "files.example" }}]
+static = "www"
+
+[[route]]
+name = "echo"
+match = [{{ type = "prefix", value = "ECHO " }}]
+factory = "tests.test_config:echo_factory"
+"""
+
+
+def full_config(tmp_path: Path) -> Path:
+    files = pki()
+    (tmp_path / "www").mkdir()
+    # A module next to the config file imports: its directory joins sys.path.
+    (tmp_path / "local_cmux_site.py").write_text(
+        "from twisted.web.resource import Resource\n"
+        "class Root(Resource):\n    pass\n"
+    )
+    return write(
+        tmp_path,
+        FULL.format(
+            tmp=tmp_path, cert=files.server_certificate, key=files.server_key
+        ),
+    )
+
+
+def test_full_config_checks(tmp_path: Path) -> None:
+    config = load(full_config(tmp_path))
+    assert config.listen == ("tcp:0", f"unix:{tmp_path}/cmux.sock")
+    assert (config.sniff_timeout, config.max_sniff_bytes) == (2.5, 4096)
+    assert config.on_timeout == "ssh"
+    assert config.listener_routes == ("tls", "grpc", "web", "ssh", "files", "echo")
+    kinds = {route.name: type(route.target) for route in config.routes}
+    assert kinds == {
+        "tls": TLSTarget,
+        "grpc": GrpcTarget,
+        "web": WebTarget,
+        "ssh": ProxyTarget,
+        "files": StaticTarget,
+        "echo": FactoryTarget,
+    }
+    assert config.route("web").target.obj.__name__ == "Root"  # type: ignore[union-attr]
+    assert config.route("files").target == StaticTarget(tmp_path / "www")
+    assert config.grpc_server.max_workers == 4
+    assert config.summary() == "2 listeners, 6 routes"
+    assert str(tmp_path) in sys.path
+
+
+def test_full_config_builds(tmp_path: Path) -> None:
+    from txcmux.grpcserver import GrpcServer
+    from txcmux.relay import RelayFactory
+    from txcmux.tls import TLSTerminationFactory
+    from txcmux.web import WebFactory
+
+    reactor = MemoryReactorClock()
+    service = make_service(load(full_config(tmp_path)), reactor=reactor)
+    mux = service.mux
+    assert [route.name for route in mux.routes] == [
+        "tls",
+        "grpc",
+        "web",
+        "ssh",
+        "files",
+        "echo",
+    ]
+    assert (mux.sniff_timeout, mux.max_sniff_bytes, mux.on_timeout) == (
+        2.5,
+        4096,
+        "ssh",
+    )
+    factories = {route.name: route.factory for route in mux.routes}
+    assert isinstance(factories["web"], WebFactory)
+    assert isinstance(factories["web"].site.resource, Resource)
+    assert isinstance(factories["files"], WebFactory)
+    assert isinstance(factories["ssh"], RelayFactory)
+    assert isinstance(factories["grpc"], RelayFactory)
+    assert isinstance(service.grpc_server, GrpcServer)
+    assert len(service.grpc_server.add_services) == 2
+    assert service.grpc_server.max_workers == 4
+    tls = factories["tls"]
+    assert isinstance(tls, TLSTerminationFactory)
+    # ALPN from the inner routes: h2 (gRPC, HTTP/2) and http/1.1 (HTTP/1).
+    assert tls.alpn == ("h2", "http/1.1")
+    inner = tls.inner
+    assert [route.name for route in inner.routes] == ["grpc", "web"]  # type: ignore[attr-defined]
+    # The same route's factory is shared by the plain and the TLS detector.
+    assert inner.route("web").factory is factories["web"]  # type: ignore[attr-defined]
+    assert [listener.description for listener in service.listeners] == [
+        "tcp:0",
+        f"unix:{tmp_path}/cmux.sock",
+    ]
+    assert not reactor.tcpServers  # built, not listening
+
+
+def test_tls_alpn_follows_the_inner_routes(tmp_path: Path) -> None:
+    files = pki()
+    text = f"""
+    listen = ["tcp:0"]
+    routes = ["tls"]
+    [[route]]
+    name = "tls"
+    match = ["tls"]
+    [route.tls]
+    certificate = "{files.server_certificate}"
+    key = "{files.server_key}"
+    routes = ["grpc"]
+    handshake_timeout = 3
+
+    [[route]]
+    name = "grpc"
+    match = ["any"]
+    grpc = ["txcmux.demo:add_services"]
+    """
+    config = load(write(tmp_path, text))
+    assert config.listener_routes == ("tls",)
+    service = make_service(config, reactor=MemoryReactorClock())
+    tls = service.mux.route("tls").factory
+    assert tls.alpn == ("h2",)  # type: ignore[attr-defined]
+    assert tls.handshake_timeout == 3  # type: ignore[attr-defined]
+
+
+def test_default_route_order_is_file_order(tmp_path: Path) -> None:
+    config = load(write(tmp_path, 'listen = ["tcp:0"]\n' + SSH_ROUTE + WEB_ROUTE))
+    assert config.listener_routes == ("ssh", "web")
+    assert config.on_timeout is None
+    assert (config.sniff_timeout, config.max_sniff_bytes) == (5.0, 16384)
+
+
+def test_loads_names_its_source() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        loads("listen = [", source="inline")
+    assert str(raised.value).startswith("inline: not valid TOML")
+
+
+# -- the reference documentation ---------------------------------------------
+
+
+def documented_keys() -> set[str]:
+    """The keys in docs/configuration.md: first cells that are `code`."""
+    keys = set()
+    for line in DOCS.read_text(encoding="utf-8").splitlines():
+        found = re.match(r"\|\s*`([^`]+)`\s*\|", line)
+        if found:
+            keys.add(found.group(1))
+    return keys
+
+
+def test_every_accepted_key_is_documented_and_no_more() -> None:
+    assert tuple(_TLS_EXTRA_KEYS) == TLS_OPTION_KEYS
+    accepted = set(DOCUMENTED_KEYS)
+    documented = documented_keys()
+    assert accepted - documented == set(), "accepted but not documented"
+    assert documented - accepted == set(), "documented but not accepted"
+
+
+def test_the_documented_example_is_valid(tmp_path: Path) -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "rpc.py").write_text("def add_services(server): pass\n")
+    (tmp_path / "myapp" / "site.py").write_text(
+        "from twisted.web.static import Data\n"
+        "resource = Data(b'hello', 'text/plain')\n"
+    )
+    config = load(write(tmp_path, example))
+    assert config.listener_routes == ("grpc", "web", "ssh")
+    make_service(config, reactor=MemoryReactorClock())
