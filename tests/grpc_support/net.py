@@ -1,0 +1,42 @@
+"""Small helpers for real-socket relay and gRPC tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import endpoints, reactor, task
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.trial import unittest
+
+
+async def listen(
+    case: unittest.TestCase, factory: IProtocolFactory, where: str = "tcp:0"
+) -> IListeningPort:
+    """Listen on ``where`` (default: a free port on 127.0.0.1) until the test ends."""
+    if where == "tcp:0":
+        where = "tcp:0:interface=127.0.0.1"
+    port: IListeningPort = await endpoints.serverFromString(reactor, where).listen(
+        factory
+    )
+    case.addCleanup(port.stopListening)
+    return port
+
+
+async def wait_until(
+    condition: Callable[[], object], timeout: float = 10.0, what: str = ""
+) -> None:
+    """Poll ``condition`` every 10 ms until it is true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"still waiting after {timeout} s: {what or condition}"
+            )
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
+def buffered(transport: Any) -> int:
+    """Bytes a tcp/unix transport holds in its write buffer."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen

@@ -1,0 +1,767 @@
+"""The relay target: buffering, flow control, half-close, errors, backends.
+
+Protocol-level tests drive RelayProtocol over StringTransports with a fake
+endpoint and a task.Clock; the rest use real sockets on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from typing import Any
+
+from twisted.internet import defer, endpoints, error, reactor, task
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.interfaces import (
+    IHalfCloseableDescriptor,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from txcmux import (
+    ConfigurationError,
+    Handoff,
+    ProtocolSwitchingFactory,
+    Route,
+    matchers,
+)
+from txcmux.relay import (
+    NamedUNIXClientEndpoint,
+    RelayFactory,
+    RelayProtocol,
+    lookup_client,
+    peer_key,
+)
+
+from .grpc_support.net import buffered, listen, wait_until
+from .logs import captured_logs
+
+MIB = 1024 * 1024
+
+# -- doubles -----------------------------------------------------------------
+
+
+@implementer(IHalfCloseableDescriptor)
+class HalfCloseableTransport(StringTransport):
+    """A StringTransport that can half-close, like tcp and unix transports."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+@implementer(IStreamClientEndpoint)
+class ManualEndpoint:
+    """An endpoint whose connect attempts the test completes by hand."""
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[IProtocolFactory, defer.Deferred[IProtocol]]] = []
+        self.cancelled = 0
+
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        def cancel(_: object) -> None:
+            self.cancelled += 1
+
+        attempt: defer.Deferred[IProtocol] = defer.Deferred(cancel)
+        self.attempts.append((factory, attempt))
+        return attempt
+
+    def succeed(self, host: Any = None) -> tuple[Any, HalfCloseableTransport]:
+        """Complete the last attempt; return (backend protocol, its transport)."""
+        factory, attempt = self.attempts[-1]
+        protocol = factory.buildProtocol(None)
+        assert protocol is not None
+        transport = HalfCloseableTransport(hostAddress=host)
+        protocol.makeConnection(transport)
+        if not attempt.called:  # a cancelled attempt may still have connected
+            attempt.callback(protocol)
+        return protocol, transport
+
+    def fail(self, problem: Exception) -> None:
+        self.attempts[-1][1].errback(problem)
+
+    def __repr__(self) -> str:
+        return "manual-backend"
+
+
+def relay_over_strings(
+    name: str | None = "svc", **kwargs: Any
+) -> tuple[RelayFactory, ManualEndpoint, task.Clock]:
+    endpoint = ManualEndpoint()
+    clock = task.Clock()
+    factory = RelayFactory(endpoint, reactor=clock, name=name, **kwargs)
+    return factory, endpoint, clock
+
+
+def connect_client(
+    factory: RelayFactory, data: bytes = b""
+) -> tuple[RelayProtocol, HalfCloseableTransport]:
+    peer = IPv4Address("TCP", "192.0.2.7", 40000)
+    protocol = factory.buildProtocol(peer)
+    transport = HalfCloseableTransport(peerAddress=peer)
+    protocol.makeConnection(transport)
+    if data:
+        protocol.dataReceived(data)
+    return protocol, transport
+
+
+# -- protocol tests ------------------------------------------------------------
+
+
+def test_client_is_paused_and_buffered_until_the_backend_answers() -> None:
+    factory, endpoint, _ = relay_over_strings()
+    client, client_transport = connect_client(factory, b"first ")
+    client.dataReceived(b"second")
+    assert client_transport.producerState == "paused"
+    assert len(endpoint.attempts) == 1
+
+    backend, backend_transport = endpoint.succeed()
+    assert backend_transport.value() == b"first second"
+    assert client_transport.producerState == "producing"
+    # Each side is the other's streaming producer.
+    assert client_transport.producer is backend_transport
+    assert backend_transport.producer is client_transport
+    assert client_transport.streaming and backend_transport.streaming
+
+    client.dataReceived(b" third")
+    backend.dataReceived(b"reply")
+    assert backend_transport.value() == b"first second third"
+    assert client_transport.value() == b"reply"
+    assert factory.stats["connected"] == 1
+    assert factory.active == 1
+
+
+def test_half_close_passes_both_ways_then_closes() -> None:
+    factory, endpoint, _ = relay_over_strings()
+    client, client_transport = connect_client(factory, b"req")
+    backend, backend_transport = endpoint.succeed()
+
+    client.readConnectionLost()
+    assert backend_transport.write_closed
+    assert not backend_transport.disconnecting
+    assert backend_transport.producer is None  # nothing more will come from the client
+    backend.dataReceived(b"answer after the client's EOF")
+    assert client_transport.value() == b"answer after the client's EOF"
+
+    backend.readConnectionLost()
+    assert client_transport.write_closed
+    client.writeConnectionLost()
+    assert client_transport.disconnecting  # both halves done: closed
+    backend.writeConnectionLost()
+    assert backend_transport.disconnecting
+
+
+def test_eof_before_the_backend_answers_is_passed_on_after_the_buffer() -> None:
+    factory, endpoint, _ = relay_over_strings()
+    client, _ = connect_client(factory, b"all of it")
+    client.readConnectionLost()
+    _, backend_transport = endpoint.succeed()
+    assert backend_transport.value() == b"all of it"
+    assert backend_transport.write_closed
+
+
+def test_reset_on_one_side_aborts_the_other() -> None:
+    factory, endpoint, _ = relay_over_strings()
+    client, client_transport = connect_client(factory, b"x")
+    backend, _ = endpoint.succeed()
+    backend.dataReceived(b"yz")
+    with captured_logs() as lines:
+        backend.connectionLost(Failure(error.ConnectionLost("reset by peer")))
+        assert client_transport.disconnected  # StringTransport's mark of an abort
+        client.connectionLost(Failure(error.ConnectionAborted()))
+    assert factory.stats["closed_error"] == 1
+    assert factory.stats["closed_clean"] == 0
+    assert factory.stats["bytes_up"] == 1
+    assert factory.stats["bytes_down"] == 2
+    assert factory.active == 0
+    assert any("svc" in line and "by the backend" in line for line in lines), lines
+
+
+def test_clean_close_on_one_side_closes_the_other_cleanly() -> None:
+    factory, endpoint, _ = relay_over_strings()
+    client, client_transport = connect_client(factory, b"x")
+    backend, _ = endpoint.succeed()
+    backend.connectionLost(Failure(error.ConnectionDone()))
+    assert client_transport.disconnecting
+    assert not client_transport.disconnected
+    client.connectionLost(Failure(error.ConnectionDone()))
+    assert factory.stats["closed_clean"] == 1
+    assert factory.active == 0
+
+
+def test_connect_timeout_closes_the_client_and_logs_one_line() -> None:
+    factory, endpoint, clock = relay_over_strings(connect_timeout=3)
+    client, client_transport = connect_client(factory, b"hello")
+    with captured_logs() as lines:
+        clock.advance(2.9)
+        assert not client_transport.disconnecting
+        clock.advance(0.2)
+    assert client_transport.disconnecting
+    assert endpoint.cancelled == 1
+    assert factory.stats["backend_failed"] == 1
+    failures = [line for line in lines if "backend" in line]
+    assert len(failures) == 1, lines
+    assert "svc" in failures[0]
+    assert "192.0.2.7:40000" in failures[0]
+    assert "no answer within 3 s" in failures[0]
+    assert "manual-backend" in failures[0]
+    client.connectionLost(Failure(error.ConnectionDone()))
+    assert factory.active == 0
+    assert factory.stats["client_left"] == 0
+
+
+def test_refusing_backend_closes_the_client() -> None:
+    factory, endpoint, _ = relay_over_strings()
+    _, client_transport = connect_client(factory, b"hello")
+    with captured_logs() as lines:
+        endpoint.fail(error.ConnectionRefusedError("127.0.0.1:9"))
+    assert client_transport.disconnecting
+    assert factory.stats["backend_failed"] == 1
+    assert any("refused" in line.lower() and "svc" in line for line in lines), lines
+
+
+def test_client_leaving_first_cancels_the_connect() -> None:
+    factory, endpoint, _ = relay_over_strings()
+    client, _ = connect_client(factory, b"hello")
+    with captured_logs() as lines:
+        client.connectionLost(Failure(error.ConnectionDone()))
+    assert endpoint.cancelled == 1
+    assert factory.stats["client_left"] == 1
+    assert factory.stats["backend_failed"] == 0  # a cancel is not a backend failure
+    assert factory.active == 0
+    assert any("left before backend" in line for line in lines), lines
+
+
+def test_backend_answering_after_the_client_left_is_closed() -> None:
+    factory, endpoint, _ = relay_over_strings()
+    client, _ = connect_client(factory, b"hello")
+    client.connectionLost(Failure(error.ConnectionDone()))
+    _, backend_transport = endpoint.succeed()  # the connect raced the cancel
+    assert backend_transport.disconnecting
+    assert backend_transport.value() == b""
+    assert factory.stats["connected"] == 0
+
+
+def test_route_name_comes_from_the_handoff_when_unnamed() -> None:
+    factory, endpoint, _ = relay_over_strings(name=None)
+    protocol = factory.buildProtocol(None)
+    protocol.handoff_received(Handoff("ssh", None, b"SSH-2.0-x\r\n", b""))
+    protocol.makeConnection(HalfCloseableTransport())
+    with captured_logs() as lines:
+        endpoint.fail(error.ConnectionRefusedError())
+    assert any("route ssh" in line for line in lines), lines
+
+
+def test_relay_protocol_provides_half_close() -> None:
+    factory, _, _ = relay_over_strings()
+    assert IHalfCloseableProtocol.providedBy(factory.buildProtocol(None))
+
+
+def test_bad_endpoints_are_configuration_errors() -> None:
+    clock = task.Clock()
+    for bad in ["nonsense:thing=1", "tcp:host=127.0.0.1"]:
+        try:
+            RelayFactory(bad, reactor=clock, name="x")
+        except ConfigurationError as problem:
+            assert bad in str(problem)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+    for endpoint, kwargs in [(42, {}), ("tcp:host=a:port=1", {"connect_timeout": 0})]:
+        try:
+            RelayFactory(endpoint, reactor=clock, **kwargs)  # type: ignore[arg-type]
+        except ConfigurationError:
+            pass
+        else:
+            raise AssertionError(f"{endpoint!r} {kwargs} was accepted")
+
+
+def test_backend_is_described_for_logs() -> None:
+    clock = task.Clock()
+    assert (
+        RelayFactory("tcp:host=127.0.0.1:port=22", reactor=clock).backend
+        == "tcp:host=127.0.0.1:port=22"
+    )
+    endpoint = endpoints.TCP4ClientEndpoint(clock, "10.1.2.3", 50051)
+    assert RelayFactory(endpoint, reactor=clock).backend == "tcp:10.1.2.3:50051"
+
+
+def test_peer_keys_are_spelled_like_grpcio() -> None:
+    assert peer_key(IPv4Address("TCP", "127.0.0.1", 5)) == "ipv4:127.0.0.1:5"
+    assert peer_key(IPv6Address("TCP", "::1", 5)) == "ipv6:[::1]:5"
+    assert peer_key(UNIXAddress("/run/x/c1")) == "unix:/run/x/c1"
+    assert peer_key(UNIXAddress(b"\0abstract")) == "unix-abstract:abstract"
+    assert peer_key(UNIXAddress(None)) is None
+
+
+def test_lookup_client_finds_the_relayed_client_while_connected() -> None:
+    factory, endpoint, _ = relay_over_strings()
+    client, _ = connect_client(factory)
+    backend_side = IPv6Address("TCP", "::1", 41999)
+    backend, _ = endpoint.succeed(host=backend_side)
+    found = lookup_client("ipv6:%5B::1%5D:41999")  # grpcio's spelling
+    assert found == IPv4Address("TCP", "192.0.2.7", 40000)
+    backend.connectionLost(Failure(error.ConnectionDone()))
+    client.connectionLost(Failure(error.ConnectionDone()))
+    assert lookup_client("ipv6:[::1]:41999") is None
+
+
+# -- real sockets --------------------------------------------------------------
+
+
+@implementer(IHalfCloseableProtocol)
+class ReplyAtEOF(Protocol):
+    """Collects everything, and only at the client's EOF answers and closes."""
+
+    def __init__(self, owner: ReplyAtEOFFactory) -> None:
+        self.owner = owner
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.owner.received.append(self.data)
+        self.transport.write(b"got " + str(len(self.data)).encode() + b": " + self.data)
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.owner.lost.append(reason)
+
+
+class ReplyAtEOFFactory(Factory):
+    noisy = False
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.lost: list[Failure | None] = []
+
+    def buildProtocol(self, addr: Any) -> ReplyAtEOF:
+        return ReplyAtEOF(self)
+
+
+@implementer(IHalfCloseableProtocol)
+class Client(Protocol):
+    """A test client: records data, EOF, and how the connection ended."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.received_bytes = 0
+        self.keep = True
+        self.eof = False
+        self._ended: defer.Deferred[None] = defer.Deferred()
+        self.reason: Failure | None = None
+        self.ended_at: float | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.local = self.transport.getHost()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received_bytes += len(data)
+        if self.keep:
+            self.chunks.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.ended_at = time.monotonic()
+        self.reason = reason
+        self._ended.callback(None)
+
+    async def ended(self) -> Failure:
+        """How the connection ended, once it has."""
+        await self._ended
+        assert self.reason is not None
+        return self.reason
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+async def connect(port: Any, client: Client | None = None) -> Client:
+    client = client or Client()
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+    await endpoints.connectProtocol(endpoint, client)
+    return client
+
+
+def backend_string(port: Any) -> str:
+    return f"tcp:host=127.0.0.1:port={port.getHost().port}"
+
+
+class RealSocketTests(unittest.TestCase):
+    timeout = 60
+
+    async def relay_to(
+        self, backend: Any, **kwargs: Any
+    ) -> tuple[ProtocolSwitchingFactory, RelayFactory, Any]:
+        """A mux whose ECHO-prefix route relays to ``backend``: (mux, relay, port)."""
+        relay = RelayFactory(backend, name="echo", **kwargs)
+        mux = ProtocolSwitchingFactory(
+            [Route("echo", matchers.prefix(b"ECHO "), relay)]
+        )
+        port = await listen(self, mux)
+        return mux, relay, port
+
+    async def settle(self, relay: RelayFactory) -> None:
+        await wait_until(lambda: relay.active == 0, what="relay connections to close")
+
+    async def test_half_close_reaches_a_backend_that_answers_after_eof(self) -> None:
+        backend = ReplyAtEOFFactory()
+        backend_port = await listen(self, backend)
+        _, relay, port = await self.relay_to(backend_string(backend_port))
+
+        client = await connect(port)
+        assert client.transport is not None
+        client.transport.write(b"ECHO half-")
+        client.transport.write(b"closed")
+        client.transport.loseWriteConnection()  # type: ignore[attr-defined]
+        reason = await client.ended()
+        await self.settle(relay)
+
+        self.assertEqual(backend.received, [b"ECHO half-closed"])
+        self.assertEqual(client.data, b"got 16: ECHO half-closed")
+        self.assertTrue(client.eof)
+        self.assertIsInstance(reason.value, error.ConnectionDone)
+        self.assertEqual(relay.stats["closed_clean"], 1)
+        self.assertEqual(relay.stats["bytes_up"], 16)
+        self.assertEqual(relay.stats["bytes_down"], len(client.data))
+
+    async def test_bytes_sent_before_the_backend_connected_arrive_first(self) -> None:
+        backend = ReplyAtEOFFactory()
+        backend_port = await listen(self, backend)
+        gate: defer.Deferred[None] = defer.Deferred()
+        real = endpoints.TCP4ClientEndpoint(
+            reactor, "127.0.0.1", backend_port.getHost().port
+        )
+
+        @implementer(IStreamClientEndpoint)
+        class Gated:
+            async def _connect(self, factory: IProtocolFactory) -> IProtocol:
+                await gate
+                return await real.connect(factory)
+
+            def connect(self, factory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+                return defer.ensureDeferred(self._connect(factory))
+
+        mux, relay, port = await self.relay_to(Gated())
+        client = await connect(port)
+        assert client.transport is not None
+        client.transport.write(b"ECHO one,")
+        await wait_until(lambda: mux.stats["routed.echo"] == 1)
+        client.transport.write(b"two,")
+        client.transport.write(b"three")
+        client.transport.loseWriteConnection()  # type: ignore[attr-defined]
+        await wait_until(lambda: backend.received == [] and relay.active == 1)
+        gate.callback(None)
+        await client.ended()
+        await self.settle(relay)
+        self.assertEqual(backend.received, [b"ECHO one,two,three"])
+        self.assertEqual(client.data, b"got 18: ECHO one,two,three")
+
+    async def test_backend_refusing_closes_the_client_promptly(self) -> None:
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        refused_port = closed.getsockname()[1]
+        closed.close()
+        mux, relay, port = await self.relay_to(
+            f"tcp:host=127.0.0.1:port={refused_port}"
+        )
+        with captured_logs() as lines:
+            for attempt in range(2):  # the listener keeps serving
+                client = await connect(port)
+                assert client.transport is not None
+                started = time.monotonic()
+                client.transport.write(b"ECHO anyone there?")
+                await client.ended()
+                assert client.ended_at is not None
+                self.assertLess(client.ended_at - started, 2.0)
+                self.assertEqual(client.data, b"")
+                self.assertEqual(relay.stats["backend_failed"], attempt + 1)
+        await self.settle(relay)
+        self.assertEqual(mux.stats["routed.echo"], 2)
+        failures = [line for line in lines if "failed for" in line]
+        self.assertEqual(len(failures), 2, lines)
+        self.assertIn("route echo", failures[0])
+        self.assertIn(str(refused_port), failures[0])
+        self.assertIn("127.0.0.1:", failures[0])
+
+    async def test_backend_reset_aborts_the_client(self) -> None:
+        class ResetOnData(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+
+        backend_port = await listen(self, Factory.forProtocol(ResetOnData))
+        _, relay, port = await self.relay_to(backend_string(backend_port))
+        client = await connect(port)
+        assert client.transport is not None
+        client.transport.write(b"ECHO boom")
+        reason = await client.ended()
+        await self.settle(relay)
+        self.assertIsInstance(reason.value, error.ConnectionLost)
+        self.assertEqual(relay.stats["closed_error"], 1)
+
+    async def test_client_reset_aborts_the_backend(self) -> None:
+        backend = ReplyAtEOFFactory()
+        backend_port = await listen(self, backend)
+        _, relay, port = await self.relay_to(backend_string(backend_port))
+        client = await connect(port)
+        assert client.transport is not None
+        client.transport.write(b"ECHO then reset")
+        await wait_until(lambda: relay.stats["connected"] == 1)
+        client.transport.abortConnection()  # type: ignore[attr-defined]
+        await wait_until(lambda: backend.lost)
+        await self.settle(relay)
+        reason = backend.lost[0]
+        assert reason is not None
+        self.assertIsInstance(reason.value, error.ConnectionLost)
+        self.assertEqual(backend.received, [])  # no EOF was faked for the backend
+        self.assertEqual(relay.stats["closed_error"], 1)
+
+    async def test_clean_close_is_passed_on_after_flushing(self) -> None:
+        size = 8 * MIB
+
+        class SendAndClose(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                self.transport.write(b"z" * size)
+                self.transport.loseConnection()
+
+        backend_port = await listen(self, Factory.forProtocol(SendAndClose))
+        _, relay, port = await self.relay_to(backend_string(backend_port))
+        client = await connect(port)
+        assert client.transport is not None
+        client.transport.write(b"ECHO go")
+        reason = await client.ended()
+        await self.settle(relay)
+        self.assertEqual(client.received_bytes, size)
+        self.assertEqual(client.data, b"z" * size)
+        self.assertIsInstance(reason.value, error.ConnectionDone)
+        self.assertEqual(relay.stats["closed_clean"], 1)
+        self.assertEqual(relay.stats["bytes_down"], size)
+
+    async def test_slow_reader_keeps_relay_memory_bounded(self) -> None:
+        total, chunk = 200 * MIB, b"m" * (256 * 1024)
+
+        class Firehose(Protocol):
+            """Sends ``total`` bytes as fast as its transport lets it."""
+
+            sent = pauses = 0
+            paused = False
+
+            def connectionMade(self) -> None:
+                assert self.transport is not None
+                self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+                firehoses.append(self)
+                self.resumeProducing()
+
+            def pauseProducing(self) -> None:
+                self.paused = True
+                self.pauses += 1
+
+            def resumeProducing(self) -> None:
+                self.paused = False
+                assert self.transport is not None
+                while not self.paused and self.sent < total:
+                    self.transport.write(chunk)
+                    self.sent += len(chunk)
+                if self.sent >= total:
+                    self.transport.unregisterProducer()  # type: ignore[attr-defined]
+                    self.transport.loseConnection()
+
+            def stopProducing(self) -> None:
+                self.paused = True
+
+        firehoses: list[Firehose] = []
+        backend_port = await listen(self, Factory.forProtocol(Firehose))
+        relays: list[RelayProtocol] = []
+
+        class Watched(RelayFactory):
+            def buildProtocol(self, addr: Any) -> RelayProtocol:
+                relay = super().buildProtocol(addr)
+                relays.append(relay)
+                return relay
+
+        relay_factory = Watched(backend_string(backend_port), name="firehose")
+        port = await listen(self, relay_factory)  # the relay alone, no detector
+        client = Client()
+        client.keep = False
+        await connect(port, client)
+        assert client.transport is not None
+        client.transport.pauseProducing()  # type: ignore[attr-defined]
+        await wait_until(lambda: firehoses and relays and relays[0].other is not None)
+        relay, firehose = relays[0], firehoses[0]
+        relay_client_side, relay_backend_side = relay.transport, relay.other.transport  # type: ignore[union-attr]
+        peak = 0
+
+        def sample() -> None:
+            nonlocal peak
+            if relay.lost is None:
+                peak = max(
+                    peak, buffered(relay_client_side) + buffered(relay_backend_side)
+                )
+
+        sampler = task.LoopingCall(sample)
+        sampler.start(0.002)
+        self.addCleanup(lambda: sampler.running and sampler.stop())
+
+        # Wait until the paused reader has stopped the sender (no progress).
+        history: list[int] = []
+
+        def stalled() -> bool:
+            history.append(firehose.sent)
+            return (
+                firehose.paused and len(history) > 20 and history[-20] == firehose.sent
+            )
+
+        await wait_until(stalled, timeout=20, what="the sender to be held back")
+        sent_while_paused = firehose.sent
+        sample()
+        self.assertLess(sent_while_paused, 64 * MIB)  # the pause reached the sender
+        self.assertLess(peak, 16 * MIB)
+
+        client.transport.resumeProducing()  # type: ignore[attr-defined]
+        reason = await client.ended()
+        sampler.stop()
+        await wait_until(lambda: relay_factory.active == 0)
+        self.assertIsInstance(reason.value, error.ConnectionDone)
+        self.assertEqual(client.received_bytes, total)
+        self.assertGreater(firehose.pauses, 0)
+        self.assertLess(peak, 16 * MIB)
+        self.assertEqual(relay_factory.stats["bytes_down"], total)
+
+    async def test_unix_backend_by_endpoint_string(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, directory)
+        path = os.path.join(directory, "backend.sock")
+        backend = ReplyAtEOFFactory()
+        await listen(self, backend, f"unix:{path}")
+        _, relay, port = await self.relay_to(f"unix:path={path}")
+        client = await connect(port)
+        assert client.transport is not None
+        client.transport.write(b"ECHO over unix")
+        client.transport.loseWriteConnection()  # type: ignore[attr-defined]
+        await client.ended()
+        await self.settle(relay)
+        self.assertEqual(client.data, b"got 14: ECHO over unix")
+
+    async def test_tcp_backend_can_look_up_the_real_client(self) -> None:
+        class WhoAmI(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                # Known once bytes flow (at connectionMade the relay's side
+                # of the connection may not have completed yet).
+                assert self.transport is not None
+                key = peer_key(self.transport.getPeer())
+                found = lookup_client(key) if key else None
+                self.transport.write(f"{key} -> {found}".encode())
+                self.transport.loseConnection()
+
+        backend_port = await listen(self, Factory.forProtocol(WhoAmI))
+        _, relay, port = await self.relay_to(backend_string(backend_port))
+        client = await connect(port)
+        assert client.transport is not None
+        client.transport.write(b"ECHO who?")
+        await client.ended()
+        await self.settle(relay)
+        me = client.local
+        self.assertTrue(client.data.startswith(b"ipv4:127.0.0.1:"), client.data)
+        self.assertTrue(client.data.endswith(f" -> {me}".encode()), client.data)
+
+    async def test_named_unix_client_sockets_tell_clients_apart(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, directory)  # fails if a name file was left over
+        path = os.path.join(directory, "backend.sock")
+        seen: list[tuple[str | None, Any]] = []
+
+        class WhoAmI(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                assert self.transport is not None
+                key = peer_key(self.transport.getPeer())
+                seen.append((key, lookup_client(key) if key else None))
+                self.transport.write(b"ok")
+                self.transport.loseConnection()
+
+        unix_port = await listen(self, Factory.forProtocol(WhoAmI), f"unix:{path}")
+        self.addCleanup(lambda: os.path.exists(path) and os.unlink(path))
+        named = NamedUNIXClientEndpoint(reactor, path, name_dir=directory)
+        _, relay, port = await self.relay_to(named)
+        clients = [await connect(port) for _ in range(3)]
+        for client in clients:
+            assert client.transport is not None
+            client.transport.write(b"ECHO x")
+        for client in clients:
+            await client.ended()
+        await self.settle(relay)
+        await unix_port.stopListening()
+        keys = [key for key, _ in seen]
+        self.assertEqual(len(set(keys)), 3)
+        for key in keys:
+            assert key is not None
+            self.assertTrue(key.startswith(f"unix:{directory}/c"), key)
+        mine = {str(client.local) for client in clients}
+        self.assertEqual({str(found) for _, found in seen}, mine)
+        self.assertEqual(os.listdir(directory), [])
+
+    async def test_named_unix_endpoint_waits_out_a_full_queue_then_gives_up(
+        self,
+    ) -> None:
+        directory = tempfile.mkdtemp()
+        path = os.path.join(directory, "busy.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen(0)
+        fillers: list[socket.socket] = []
+        self.addCleanup(lambda: [s.close() for s in [listener, *fillers]])
+        self.addCleanup(lambda: os.unlink(path) or os.rmdir(directory))
+        while True:  # fill the listen queue
+            filler = socket.socket(socket.AF_UNIX)
+            filler.setblocking(False)
+            fillers.append(filler)
+            if filler.connect_ex(path) != 0:
+                break
+            self.assertLess(len(fillers), 100)
+        named = NamedUNIXClientEndpoint(reactor, path, name_dir=directory, timeout=0.2)
+        started = time.monotonic()
+        with self.assertRaises(error.TimeoutError):
+            await named.connect(Factory.forProtocol(Protocol))
+        self.assertGreaterEqual(time.monotonic() - started, 0.2)
+
+        # Room in the queue while it retries: it gets through.
+        named = NamedUNIXClientEndpoint(reactor, path, name_dir=directory, timeout=5)
+        attempt = named.connect(Factory.forProtocol(Protocol))
+        reactor.callLater(0.05, lambda: listener.accept()[0].close())
+        protocol = await attempt
+        assert protocol.transport is not None
+        self.assertTrue(str(protocol.transport.getHost()).find(directory) > 0)
+        protocol.transport.loseConnection()
+
+    async def test_named_unix_endpoint_reports_a_missing_server(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, directory)
+        named = NamedUNIXClientEndpoint(
+            reactor, os.path.join(directory, "nobody.sock"), name_dir=directory
+        )
+        with self.assertRaises(error.ConnectError):
+            await named.connect(Factory.forProtocol(Protocol))

@@ -1,0 +1,652 @@
+"""The relay: join a client connection to a fresh connection to a backend.
+
+A route whose factory is a :class:`RelayFactory` passes its connections on,
+byte for byte, to another server (a gRPC server, sshd, anything that speaks
+over a stream)::
+
+    from txcmux import ProtocolSwitchingFactory, Route, matchers
+    from txcmux.relay import RelayFactory
+
+    ssh = RelayFactory("tcp:host=127.0.0.1:port=22", name="ssh")
+    mux = ProtocolSwitchingFactory([Route("ssh", matchers.ssh(), ssh)])
+
+The client's reading is paused until the backend answers; what it sent
+meanwhile (the detector's replay) is written to the backend first.  Each
+side is the other's streaming producer, so a slow reader pauses the fast
+sender instead of filling memory.  A half-close on one side becomes a
+half-close on the other (tcp and unix transports); a clean close is passed
+on as a clean close after flushing, a reset or abort as an abort.
+
+This module also keeps a process-wide map from each backend connection's
+local address to the real client it carries (:func:`lookup_client`), and
+has :class:`NamedUNIXClientEndpoint`, whose unix sockets carry a unique
+name so that a backend can tell its relayed clients apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import secrets
+import socket
+from collections import Counter
+from typing import Any
+from urllib.parse import unquote
+
+from twisted.internet import defer, endpoints, error
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableDescriptor,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IProtocolFactory,
+    IReactorSocket,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._detector import describe_peer
+from ._errors import ConfigurationError
+from ._handoff import Handoff, IHandoffReceiver
+
+_log = Logger(namespace="txcmux")
+
+# -- who is behind a backend connection ---------------------------------------
+
+#: Backend-connection local address (as a gRPC-style peer string) -> client.
+#: Written from the reactor thread, read from any thread (dict.get is atomic).
+_clients: dict[str, IAddress] = {}
+
+
+def peer_key(address: IAddress) -> str | None:
+    """Spell ``address`` the way grpcio's ``context.peer()`` spells a peer.
+
+    ``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``, ``unix:/path`` or
+    ``unix-abstract:name``; None for addresses that name nobody in
+    particular (an unbound unix socket).
+
+    >>> from twisted.internet.address import IPv4Address
+    >>> peer_key(IPv4Address("TCP", "127.0.0.1", 5000))
+    'ipv4:127.0.0.1:5000'
+    """
+    if isinstance(address, IPv4Address):
+        return f"ipv4:{address.host}:{address.port}"
+    if isinstance(address, IPv6Address):
+        return f"ipv6:[{address.host}]:{address.port}"
+    if isinstance(address, UNIXAddress) and address.name:
+        name = address.name
+        text = os.fsdecode(name)
+        if text.startswith("\0"):
+            return "unix-abstract:" + text[1:]
+        return "unix:" + text
+    return None
+
+
+def lookup_client(peer: str) -> IAddress | None:
+    """The real client behind the backend connection known as ``peer``.
+
+    ``peer`` is the backend's view of a relay connection's far end, spelled
+    as grpcio spells it (``ipv4:127.0.0.1:41234``, ``ipv6:%5B::1%5D:41234``,
+    ``unix:/run/txcmux/c1-2-ab``).  Returns the address of the client the
+    relay carries on that connection, or None when no live relay connection
+    of this process has that local address.  Safe to call from any thread.
+    """
+    return _clients.get(unquote(peer))
+
+
+# -- the relay -----------------------------------------------------------------
+
+
+def _close_write(transport: Any) -> None:
+    """Half-close ``transport`` if it can, else close it after flushing."""
+    half_close = getattr(transport, "loseWriteConnection", None)
+    if half_close is not None and IHalfCloseableDescriptor.providedBy(transport):
+        half_close()
+    else:
+        transport.loseConnection()
+
+
+def _unregister(transport: Any) -> None:
+    """Stop ``transport`` pausing and resuming its producer, if it has one."""
+    with contextlib.suppress(RuntimeError):  # some transports insist on one
+        transport.unregisterProducer()
+
+
+def _abort(transport: Any) -> None:
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.loseConnection()
+
+
+def _no_delay(transport: Any) -> None:
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        # Not a socket after all: only latency is at stake.
+        with contextlib.suppress(Exception):
+            set_no_delay(True)
+
+
+@implementer(IHalfCloseableProtocol)
+class _End(Protocol):
+    """One side of a relayed connection; ``other`` is the opposite side.
+
+    The data path is one method: each chunk read on this side is written to
+    the other side's transport, unchanged.
+    """
+
+    other: _End | None = None
+    received = 0
+    read_closed = False
+    write_closed = False
+    lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        self.other.transport.write(data)  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        """This side sent EOF: no more bytes for the other side, half-close it."""
+        self.read_closed = True
+        consumer = self._other_transport()
+        if consumer is not None:
+            # Nothing more to produce; unregistering also lets a half-close
+            # or close of the other transport finish while it had us paused.
+            _unregister(consumer)
+            _close_write(consumer)
+        self._close_if_done()
+
+    def writeConnectionLost(self) -> None:
+        self.write_closed = True
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self.read_closed and self.write_closed and self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        consumer = self._other_transport()
+        self.lost = reason
+        if consumer is not None:
+            _unregister(consumer)
+            if isinstance(reason.value, error.ConnectionDone):
+                consumer.loseConnection()
+            else:
+                _abort(consumer)
+
+    def _other_transport(self) -> Any:
+        """The other side's transport, while that side is connected."""
+        other = self.other
+        if other is None or other.lost is not None:
+            return None
+        return other.transport
+
+
+@implementer(IHalfCloseableProtocol, IHandoffReceiver)
+class RelayProtocol(_End):
+    """The client side of one relayed connection (built by RelayFactory)."""
+
+    handoff: Handoff | None = None
+
+    def __init__(self, factory: RelayFactory, address: IAddress | None) -> None:
+        self.relay = factory
+        self._address = address
+        self._pending: list[bytes] | None = []
+        self._connecting: Deferred[IProtocol] | None = None
+        self._backend_key: str | None = None
+        self._counted = False
+        self._done = False
+
+    # -- identity, for logs ----------------------------------------------------
+
+    def handoff_received(self, handoff: Handoff) -> None:
+        self.handoff = handoff
+
+    @property
+    def route(self) -> str:
+        """The route name for logs: the factory's, else the detector's."""
+        if self.relay.name is not None:
+            return self.relay.name
+        return self.handoff.route if self.handoff is not None else "relay"
+
+    @property
+    def peer(self) -> IAddress | None:
+        """The client's address."""
+        if self.transport is not None:
+            try:
+                address: IAddress = self.transport.getPeer()
+                return address
+            except Exception:  # an odd transport; the build address will do
+                pass
+        return self._address
+
+    # -- client events -----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.relay.active += 1
+        connecting = self.relay.endpoint.connect(_BackendFactory(self))
+        connecting.addTimeout(self.relay.connect_timeout, self.relay.clock)
+        connecting.addErrback(self._backend_failed)
+        self._connecting = connecting
+
+    def dataReceived(self, data: bytes) -> None:
+        pending = self._pending
+        if pending is None:
+            self.received += len(data)
+            self.other.transport.write(data)  # type: ignore[union-attr]
+        else:
+            pending.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.other is None:
+            self.lost = reason
+            self._pending = None
+            connecting, self._connecting = self._connecting, None
+            if connecting is not None:
+                connecting.cancel()
+            if not self._counted:
+                self._counted = True
+                self.relay.stats["client_left"] += 1
+                _log.info(
+                    "txcmux: route {route}: {peer} left before backend"
+                    " {backend} answered",
+                    route=self.route,
+                    peer=describe_peer(self.peer),
+                    backend=self.relay.backend,
+                )
+            self._finish()
+            return
+        super().connectionLost(reason)
+        self._side_lost()
+
+    # -- the backend -----------------------------------------------------------
+
+    def backend_connected(self, backend: _Backend) -> None:
+        """Join ``backend`` to this client: flush the buffer, start relaying."""
+        self._connecting = None
+        assert self.transport is not None and backend.transport is not None
+        client, server = self.transport, backend.transport
+        if self.lost is not None:  # the client left as the backend answered
+            server.loseConnection()
+            return
+        self.other, backend.other = backend, self
+        self.relay.stats["connected"] += 1
+        key = peer_key(server.getHost())
+        if key is not None:
+            self._backend_key = key
+            _clients[key] = self.peer  # type: ignore[assignment]
+        if self.relay.no_delay:
+            _no_delay(client)
+            _no_delay(server)
+        client.registerProducer(server, True)  # type: ignore[attr-defined]
+        server.registerProducer(client, True)  # type: ignore[attr-defined]
+        pending, self._pending = self._pending or [], None
+        if not self.read_closed:
+            client.resumeProducing()  # type: ignore[attr-defined]
+        if pending:
+            data = b"".join(pending)
+            self.received += len(data)
+            server.write(data)
+        if self.read_closed:
+            _unregister(server)
+            _close_write(server)
+
+    def _backend_failed(self, reason: Failure) -> None:
+        self._connecting = None
+        if self.lost is not None:  # we cancelled it: the client had left
+            return
+        self.relay.stats["backend_failed"] += 1
+        self._counted = True
+        _log.warn(
+            "txcmux: route {route}: backend {backend} failed for {peer}:"
+            " {why}; closing the client",
+            route=self.route,
+            backend=self.relay.backend,
+            peer=describe_peer(self.peer),
+            why=(
+                f"no answer within {self.relay.connect_timeout} s"
+                if isinstance(reason.value, defer.TimeoutError)
+                else _why(reason)
+            ),
+        )
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _side_lost(self) -> None:
+        """One side went; once both have, count and log the connection."""
+        backend = self.other
+        if backend is None or backend.lost is None or self.lost is None:
+            return
+        first = backend if getattr(backend, "lost_first", False) else self
+        reason = first.lost
+        assert reason is not None
+        clean = bool(isinstance(reason.value, error.ConnectionDone))
+        stats = self.relay.stats
+        stats["closed_clean" if clean else "closed_error"] += 1
+        stats["bytes_up"] += self.received
+        stats["bytes_down"] += backend.received
+        if self._backend_key is not None:
+            _clients.pop(self._backend_key, None)
+        (_log.debug if clean else _log.info)(
+            "txcmux: route {route}: relay {peer} <-> {backend} closed {how}"
+            " by the {side} ({up} bytes up, {down} down)",
+            route=self.route,
+            peer=describe_peer(self.peer),
+            backend=self.relay.backend,
+            how="cleanly" if clean else f"on error ({_why(reason)})",
+            side="backend" if first is backend else "client",
+            up=self.received,
+            down=backend.received,
+        )
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self.relay.active -= 1
+
+
+class _Backend(_End):
+    """The backend side of one relayed connection."""
+
+    lost_first = False
+
+    def __init__(self, client: RelayProtocol) -> None:
+        self.client = client
+
+    def connectionMade(self) -> None:
+        self.client.backend_connected(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.client.lost is None:
+            self.lost_first = True
+        super().connectionLost(reason)
+        self.client._side_lost()
+
+
+class _BackendFactory(ClientFactory):
+    """Builds the backend side for one client; used once."""
+
+    noisy = False
+
+    def __init__(self, client: RelayProtocol) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: IAddress | None) -> _Backend:
+        backend = _Backend(self.client)
+        backend.factory = self
+        return backend
+
+
+def _failure(kind: type[error.ConnectError], text: str) -> error.ConnectError:
+    """A Twisted connect error carrying ``text``."""
+    return kind(string=text)
+
+
+def _why(reason: Failure) -> str:
+    value = reason.value
+    if isinstance(value, (error.TimeoutError, defer.TimeoutError)):
+        return "timed out"
+    text = str(value).strip() or type(value).__name__
+    return text
+
+
+def _describe_endpoint(endpoint: object) -> str:
+    if isinstance(endpoint, str):
+        return endpoint
+    for host, port in (("_hostText", "_port"), ("_host", "_port")):
+        if hasattr(endpoint, host) and hasattr(endpoint, port):
+            return f"tcp:{getattr(endpoint, host)}:{getattr(endpoint, port)}"
+    path = getattr(endpoint, "_path", None)
+    if path is not None:
+        return f"unix:{path}"
+    return repr(endpoint)
+
+
+class RelayFactory(Factory):
+    """A server factory whose protocol relays each connection to a backend.
+
+    ``endpoint`` is a Twisted client endpoint string
+    (``tcp:host=127.0.0.1:port=22``, ``unix:path=/run/app.sock``) or any
+    ``IStreamClientEndpoint``.  ``name`` names the route in log lines
+    (default: the route the detector chose).  ``connect_timeout`` is how
+    many seconds the backend has to accept before the client is closed.
+    ``no_delay`` turns Nagle's algorithm off on tcp sides (what gRPC and
+    other request-response protocols want).  ``reactor`` defaults to the
+    global reactor; it parses endpoint strings and times the connect.
+
+    ``stats`` counts ``connected`` (backend reached), ``backend_failed``,
+    ``client_left`` (client gone before the backend answered),
+    ``closed_clean``, ``closed_error`` (ended by a reset or abort on either
+    side), ``bytes_up`` (client to backend) and ``bytes_down``, added when
+    a connection ends.  ``active`` is the number of connections not yet
+    fully closed.
+    """
+
+    protocol = RelayProtocol
+    noisy = False
+
+    def __init__(
+        self,
+        endpoint: str | IStreamClientEndpoint,
+        *,
+        reactor: Any = None,
+        name: str | None = None,
+        connect_timeout: float = 10,
+        no_delay: bool = True,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        if isinstance(endpoint, str):
+            try:
+                parsed = endpoints.clientFromString(reactor, endpoint)  # type: ignore[no-untyped-call]
+            except Exception as problem:
+                raise ConfigurationError(
+                    f"relay{' ' + repr(name) if name else ''}: cannot use"
+                    f" {endpoint!r} as a backend endpoint ({problem}); expected"
+                    " a client endpoint string such as"
+                    " 'tcp:host=127.0.0.1:port=50051' or 'unix:path=/run/app.sock'"
+                ) from problem
+        elif IStreamClientEndpoint.providedBy(endpoint):
+            parsed = endpoint
+        else:
+            raise ConfigurationError(
+                f"relay{' ' + repr(name) if name else ''}: {endpoint!r} is neither"
+                " an endpoint string nor an IStreamClientEndpoint"
+            )
+        if not connect_timeout > 0:
+            raise ConfigurationError(
+                f"connect_timeout must be a positive number of seconds,"
+                f" not {connect_timeout!r}"
+            )
+        self.endpoint: IStreamClientEndpoint = parsed
+        self._described = endpoint if isinstance(endpoint, str) else None
+        self.name = name
+        self.connect_timeout = connect_timeout
+        self.no_delay = no_delay
+        self.clock: IReactorTime = reactor
+        self.stats: Counter[str] = Counter()
+        self.active = 0
+
+    @property
+    def backend(self) -> str:
+        """The backend endpoint, as log lines name it."""
+        if self._described is not None:
+            return self._described
+        return _describe_endpoint(self.endpoint)
+
+    def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:
+        """The client side of one relayed connection."""
+        relay = RelayProtocol(self, addr)
+        relay.factory = self
+        return relay
+
+    def __repr__(self) -> str:
+        name = f" {self.name}" if self.name else ""
+        return f"<RelayFactory{name} -> {self.backend}>"
+
+
+# -- unix sockets with names ---------------------------------------------------
+
+_sequence = itertools.count(1)
+_RETRY = 0.005
+_MAX_UNIX_PATH = 107
+
+
+@implementer(IStreamClientEndpoint)
+class NamedUNIXClientEndpoint:
+    """A unix-socket client endpoint whose sockets are bound to unique names.
+
+    An ordinary unix client socket has no name, so the server sees every
+    client as ``unix:`` and cannot tell them apart.  This endpoint binds
+    each client socket to a fresh path in ``name_dir`` (then unlinks the
+    file; the socket keeps the name), so the server's ``getpeername`` (and
+    grpcio's ``context.peer()``) is unique per connection, and
+    :func:`lookup_client` can map it back to the relayed client.
+    ``name_dir`` should be a private directory (mode 0700) of this process.
+    ``timeout`` bounds the wait while the server's listen queue is full.
+
+        endpoint = NamedUNIXClientEndpoint(reactor, "/run/app/grpc.sock",
+                                           name_dir="/run/txcmux")
+        relay = RelayFactory(endpoint, name="grpc")
+    """
+
+    def __init__(
+        self, reactor: Any, path: str, name_dir: str, timeout: float = 30.0
+    ) -> None:
+        if not IReactorSocket.providedBy(reactor):
+            raise ConfigurationError(
+                f"{reactor!r} cannot adopt sockets; NamedUNIXClientEndpoint"
+                " needs a reactor providing IReactorSocket"
+            )
+        self._reactor = reactor
+        self._path = path
+        self.name_dir = name_dir
+        self.timeout = timeout
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """Connect a fresh, uniquely named socket to the server's path."""
+        name = os.path.join(
+            self.name_dir,
+            f"c{os.getpid()}-{next(_sequence)}-{secrets.token_hex(4)}",
+        )
+        if len(os.fsencode(name)) > _MAX_UNIX_PATH:
+            return fail(
+                _failure(
+                    error.ConnectError,
+                    f"client socket name {name!r} is too long for a"
+                    " unix socket; use a shorter name_dir",
+                )
+            )
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(name)
+            os.unlink(name)  # the socket keeps its name; no file is left over
+        except OSError as problem:
+            sock.close()
+            return fail(
+                _failure(
+                    error.ConnectError,
+                    f"cannot name a client socket in {self.name_dir}: {problem}",
+                )
+            )
+        return _UNIXConnect(self._reactor, sock, self._path, self.timeout).start(
+            protocolFactory
+        )
+
+    def __repr__(self) -> str:
+        return f"unix:{self._path}"
+
+
+class _UNIXConnect:
+    """One non-blocking unix connect, retried while the listen queue is full."""
+
+    def __init__(self, reactor: Any, sock: socket.socket, path: str, timeout: float):
+        self._reactor = reactor
+        self._sock: socket.socket | None = sock
+        self._path = path
+        self._deadline = reactor.seconds() + timeout
+        self._retry: IDelayedCall | None = None
+        self._factory: IProtocolFactory | None = None
+        self._result: Deferred[IProtocol] = Deferred(self._cancel)
+
+    def start(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        self._factory = factory
+        self._attempt()
+        return self._result
+
+    def _attempt(self) -> None:
+        self._retry = None
+        sock = self._sock
+        assert sock is not None
+        code = sock.connect_ex(self._path)
+        if code in (0, errno.EISCONN):
+            self._adopt(sock)
+        elif code in (errno.EAGAIN, errno.EINPROGRESS, errno.EALREADY):
+            if self._reactor.seconds() >= self._deadline:
+                self._give_up(
+                    _failure(error.TimeoutError, f"connecting to {self._path}")
+                )
+            else:
+                self._retry = self._reactor.callLater(_RETRY, self._attempt)
+        elif code == errno.ECONNREFUSED:
+            self._give_up(_failure(error.ConnectionRefusedError, self._path))
+        else:
+            self._give_up(
+                _failure(error.ConnectError, f"{self._path}: {os.strerror(code)}")
+            )
+
+    def _adopt(self, sock: socket.socket) -> None:
+        self._sock = None
+        built: list[IProtocol] = []
+        factory: Any = self._factory
+
+        class _Once(Factory):
+            def buildProtocol(self, addr: IAddress | None) -> Any:
+                protocol = factory.buildProtocol(addr)
+                if protocol is not None:
+                    built.append(protocol)
+                return protocol
+
+        try:
+            self._reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, _Once())
+        except Exception:
+            self._result.errback()
+            return
+        finally:
+            sock.close()  # the reactor holds its own duplicate
+        if built:
+            self._result.callback(built[0])
+        else:
+            self._result.errback(
+                _failure(error.ConnectError, "the factory built nothing")
+            )
+
+    def _give_up(self, problem: Exception) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._result.errback(problem)
+
+    def _cancel(self, result: Deferred[IProtocol]) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
