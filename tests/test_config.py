@@ -18,7 +18,7 @@ from twisted.web.resource import Resource
 from tests.captures import capture, http2_opening
 from tests.tls_support import pki
 from txcmux import ConfigurationError
-from txcmux._config_schema import DOCUMENTED_KEYS, TLS_OPTION_KEYS, _TLS_EXTRA_KEYS
+from txcmux._config_schema import _TLS_EXTRA_KEYS, DOCUMENTED_KEYS, TLS_OPTION_KEYS
 from txcmux.config import (
     FactoryTarget,
     GrpcTarget,
@@ -85,7 +85,9 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
 
 
 def test_wrong_type(tmp_path: Path) -> None:
-    message = error_of(tmp_path, 'listen = ["tcp:0"]\nsniff_timeout = "5"\n' + WEB_ROUTE)
+    message = error_of(
+        tmp_path, 'listen = ["tcp:0"]\nsniff_timeout = "5"\n' + WEB_ROUTE
+    )
     assert_says(
         message,
         'key "sniff_timeout"',
@@ -365,16 +367,20 @@ def test_non_latin1_bytes(tmp_path: Path) -> None:
     assert_says(message, 'key "match[0].value"', "U+0000 to U+00FF")
 
 
+GRPC_HEADER = (
+    '{ type = "http2_header", name = "content-type", value = "application/grpc",'
+    " prefix = true }"
+)
+
+
 def test_header_matcher_table_matches_real_grpc_clients(tmp_path: Path) -> None:
     text = """
     listen = ["tcp:0"]
     [[route]]
     name = "grpc"
-    match = [
-      { type = "http2_header", name = "content-type", value = "application/grpc", prefix = true },
-    ]
+    match = [GRPC_HEADER]
     proxy = "tcp:host=127.0.0.1:port=50051"
-    """
+    """.replace("GRPC_HEADER", GRPC_HEADER)
     matcher = load(write(tmp_path, text)).route("grpc").matchers[0].matcher
     assert matcher(http2_opening("grpcio-unary")).outcome is Outcome.MATCH
     assert matcher(http2_opening("curl-h2c-prior-knowledge")).outcome is (
@@ -424,7 +430,9 @@ def test_import_path_that_raises(tmp_path: Path) -> None:
 
 
 def test_grpc_functions_must_be_callable(tmp_path: Path) -> None:
-    route = '[[route]]\nname = "g"\nmatch = ["grpc"]\ngrpc = ["txcmux.demo:SERVICE_NAME"]\n'
+    route = (
+        '[[route]]\nname = "g"\nmatch = ["grpc"]\ngrpc = ["txcmux.demo:SERVICE_NAME"]\n'
+    )
     message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
     assert_says(message, 'route "g"', 'key "grpc[0]"', "expected a callable f(server)")
 
@@ -563,14 +571,11 @@ def full_config(tmp_path: Path) -> Path:
     (tmp_path / "www").mkdir()
     # A module next to the config file imports: its directory joins sys.path.
     (tmp_path / "local_cmux_site.py").write_text(
-        "from twisted.web.resource import Resource\n"
-        "class Root(Resource):\n    pass\n"
+        "from twisted.web.resource import Resource\nclass Root(Resource):\n    pass\n"
     )
     return write(
         tmp_path,
-        FULL.format(
-            tmp=tmp_path, cert=files.server_certificate, key=files.server_key
-        ),
+        FULL.format(tmp=tmp_path, cert=files.server_certificate, key=files.server_key),
     )
 
 
@@ -710,8 +715,7 @@ def test_the_documented_example_is_valid(tmp_path: Path) -> None:
     (tmp_path / "myapp" / "__init__.py").write_text("")
     (tmp_path / "myapp" / "rpc.py").write_text("def add_services(server): pass\n")
     (tmp_path / "myapp" / "site.py").write_text(
-        "from twisted.web.static import Data\n"
-        "resource = Data(b'hello', 'text/plain')\n"
+        "from twisted.web.static import Data\nresource = Data(b'hello', 'text/plain')\n"
     )
     config = load(write(tmp_path, example))
     assert config.listener_routes == ("grpc", "web", "ssh")

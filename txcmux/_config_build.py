@@ -281,7 +281,7 @@ class _Listener(service.Service):
                 f" {early[0].getErrorMessage()}"
             )
             _log.critical("{message}", message=message)
-            raise SystemExit(message)
+            raise SystemExit(1)  # twistd's log (or stdout) has the reason
         self.listening = listening.addCallbacks(self._listened, self._failed_later)
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
@@ -303,7 +303,15 @@ class _Listener(service.Service):
         host = self.port.getHost()
         if hasattr(host, "port"):
             return f"{getattr(host, 'host', '')}:{host.port}"
-        return str(getattr(host, "name", host))
+        name = getattr(host, "name", None)
+        return os.fsdecode(name) if isinstance(name, str | bytes) else str(host)
+
+    def port_file_line(self) -> str:
+        """The port number for TCP, else the address (a unix socket path)."""
+        host = self.port.getHost() if self.port is not None else None
+        if host is not None and hasattr(host, "port"):
+            return str(host.port)
+        return self.address()
 
     def stopService(self) -> defer.Deferred[None] | None:
         """Stop listening (the factories stop when the last port closes)."""
@@ -405,10 +413,7 @@ class CmuxService(service.MultiService):
 
 
 def _write_port_file(path: str, listeners: list[_Listener]) -> None:
-    lines = []
-    for listener in listeners:
-        address = listener.address()
-        lines.append(address.rsplit(":", 1)[1] if ":" in address else address)
+    lines = [listener.port_file_line() for listener in listeners]
     partial = Path(path + ".partial")
     partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     os.replace(partial, path)

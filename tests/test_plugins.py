@@ -1,0 +1,278 @@
+"""Matcher names from other packages, through the ``txcmux.matchers`` entry points.
+
+The ``plugin_package`` next to this file is a real distribution; the
+``ping_plugin`` fixture pip-installs it into the running environment, and a
+config that names its matcher routes a real connection.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.basic import LineReceiver
+from twisted.trial import unittest
+
+from tests.logs import captured_logs
+from txcmux import ConfigurationError, matchers
+from txcmux._plugins import (
+    BUILTIN_MATCHERS,
+    ENTRY_POINT_GROUP,
+    build_registry,
+    matcher_registry,
+)
+from txcmux.config import loads, make_service
+from txcmux.matchers import Outcome
+
+PLUGIN_SOURCE = Path(__file__).resolve().parent / "plugin_package"
+PLUGIN_DISTRIBUTION = "txcmux-ping-matcher"
+
+
+def _entry_point(name: str, value: str) -> importlib.metadata.EntryPoint:
+    return importlib.metadata.EntryPoint(
+        name=name, value=value, group=ENTRY_POINT_GROUP
+    )
+
+
+def fake_ssh() -> matchers.FunctionMatcher:
+    """A plugin that tries to take a built-in name."""
+    return matchers.prefix(b"NOT-SSH")
+
+
+def not_a_matcher() -> str:
+    """A plugin whose function returns something else."""
+    return "surprise"
+
+
+# -- the registry ------------------------------------------------------------
+
+
+def test_txcmux_registers_redis_and_postgres_through_entry_points() -> None:
+    registry = matcher_registry()
+    for name in ("redis", "postgres"):
+        source = registry.get(name)
+        assert source.source.startswith(f"entry point {name} = txcmux.matchers._extra")
+        assert source.function().name == name
+    assert "redis" not in BUILTIN_MATCHERS
+
+
+def test_every_public_matcher_function_has_a_name() -> None:
+    registry = matcher_registry()
+    public = {
+        name
+        for name in matchers.__all__
+        if name.islower()
+        and inspect.isfunction(getattr(matchers, name))
+        and name not in ("any_", "parse_client_hello")
+    }
+    assert public <= set(registry.names())
+    for name in public:
+        assert registry.get(name).load() is getattr(matchers, name)
+
+
+def test_builtin_names_win_over_plugins() -> None:
+    with captured_logs() as lines:
+        registry = build_registry([_entry_point("ssh", "tests.test_plugins:fake_ssh")])
+    assert registry.get("ssh").source == "built-in"
+    assert registry.get("ssh").load() is matchers.ssh
+    assert any(
+        "tests.test_plugins:fake_ssh" in line and "built-ins win" in line
+        for line in lines
+    ), lines
+
+
+def test_two_plugins_claiming_one_name_are_refused_when_used() -> None:
+    with captured_logs() as lines:
+        registry = build_registry(
+            [
+                _entry_point("memcached", "one.module:memcached"),
+                _entry_point("memcached", "other.module:memcached"),
+            ]
+        )
+    assert any("claimed by both" in line for line in lines), lines
+    with pytest.raises(ConfigurationError) as raised:
+        registry.get("memcached")
+    assert "one.module:memcached" in str(raised.value)
+    assert "other.module:memcached" in str(raised.value)
+    text = """
+    listen = ["tcp:0"]
+    [[route]]
+    name = "cache"
+    match = ["memcached"]
+    proxy = "tcp:host=127.0.0.1:port=11211"
+    """
+    with pytest.raises(ConfigurationError) as raised:
+        loads(text.replace("\n    ", "\n"), source="c.toml", registry=registry)
+    assert str(raised.value).startswith('c.toml: route "cache": key "match[0]"')
+
+
+def test_same_entry_point_seen_twice_is_one() -> None:
+    value = "txcmux.matchers._extra:redis"
+    registry = build_registry([_entry_point("r", value), _entry_point("r", value)])
+    assert registry.get("r").function().name == "redis"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("no_such_plugin_module:matcher", "does not load: ModuleNotFoundError"),
+        ("tests.test_plugins:not_a_matcher", "is not a txcmux matcher"),
+    ],
+)
+def test_a_broken_plugin_breaks_only_configs_using_it(
+    value: str, expected: str
+) -> None:
+    registry = build_registry([_entry_point("broken", value)])
+    route = '[[route]]\nname = "b"\nmatch = ["{}"]\nproxy = "tcp:host=h:port=1"\n'
+    loads('listen = ["tcp:0"]\n' + route.format("ssh"), registry=registry)
+    with pytest.raises(ConfigurationError) as raised:
+        loads(
+            'listen = ["tcp:0"]\n' + route.format("broken"),
+            source="c.toml",
+            registry=registry,
+        )
+    message = str(raised.value)
+    assert message.startswith('c.toml: route "b": key "match[0]"'), message
+    assert expected in message
+    assert value in message or "broken" in message
+
+
+# -- a real plugin distribution ----------------------------------------------
+
+
+def _installed() -> bool:
+    try:
+        importlib.metadata.distribution(PLUGIN_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def ping_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Install tests/plugin_package for the session (kept if it was there)."""
+    was_installed = _installed()
+    if not was_installed:
+        # Build from a copy, so the checkout gets no build/ or egg-info.
+        source = tmp_path_factory.mktemp("plugin") / "plugin_package"
+        shutil.copytree(PLUGIN_SOURCE, source)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-input",
+                str(source),
+            ],
+            check=True,
+            timeout=120,
+        )
+        importlib.invalidate_caches()
+    yield
+    if not was_installed:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "uninstall",
+                "--quiet",
+                "--yes",
+                PLUGIN_DISTRIBUTION,
+            ],
+            check=False,
+            timeout=120,
+        )
+
+
+PING_CONFIG = """\
+listen = ["tcp:0:interface=127.0.0.1"]
+[[route]]
+name = "ping"
+match = ["ping", { type = "ping", word = "HELO" }]
+factory = "tests.test_plugins:Echo"
+"""
+
+
+class Echo(protocol.Factory):
+    """Echoes lines: the ``factory`` target of the plugin test."""
+
+    class protocol(LineReceiver):
+        delimiter = b"\n"
+
+        def lineReceived(self, line: bytes) -> None:
+            self.sendLine(b"echo: " + line)
+
+
+@pytest.mark.usefixtures("ping_plugin")
+def test_plugin_is_listed_and_checked() -> None:
+    source = matcher_registry().get("ping")
+    assert source.source == (
+        "entry point ping = txcmux_ping_matcher:ping (txcmux-ping-matcher)"
+    )
+    config = loads(PING_CONFIG, source="ping.toml")
+    plain, helo = (m.matcher for m in config.route("ping").matchers)
+    assert plain(b"PING 1").outcome is Outcome.MATCH
+    assert helo(b"HELO x").outcome is Outcome.MATCH
+    assert helo(b"PING").outcome is Outcome.NO_MATCH
+    with pytest.raises(ConfigurationError) as raised:
+        loads(PING_CONFIG.replace("word =", "wrod ="), source="ping.toml")
+    assert 'matcher "ping" has no parameter "wrod"' in str(raised.value)
+    assert 'did you mean "word"?' in str(raised.value)
+
+
+class _Collect(protocol.Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.received.endswith(b"\n"):
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.done.callback(self.received)
+
+
+@pytest.mark.usefixtures("ping_plugin")
+class TestPluginRoutesARealConnection(unittest.TestCase):
+    """A config naming the plugin's matcher routes a real TCP connection."""
+
+    @defer.inlineCallbacks
+    def test_ping_route(self):  # type: ignore[no-untyped-def]
+        service = make_service(loads(PING_CONFIG, source="ping.toml"), reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        yield service.listeners[0].listening
+        port = service.listeners[0].port.getHost().port
+        for opening, expected in (
+            (b"PING there\n", b"echo: PING there\n"),
+            (b"HELO there\n", b"echo: HELO there\n"),
+        ):
+            client = _Collect()
+            endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+            yield endpoints.connectProtocol(endpoint, client)
+            client.transport.write(opening)
+            received = yield client.done
+            self.assertEqual(received, expected)
+        self.assertEqual(service.mux.stats["routed.ping"], 2)
+
+
+def test_memory_reactor_build_with_plugin_is_not_started(ping_plugin: None) -> None:
+    service = make_service(loads(PING_CONFIG), reactor=MemoryReactorClock())
+    assert service.mux.routes[0].name == "ping"
+    assert not service.running

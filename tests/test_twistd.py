@@ -1,0 +1,331 @@
+"""``twistd cmux`` end to end: real twistd processes, curl and a grpcio client.
+
+Each test starts twistd in the foreground on ``tcp:0`` and learns the port
+from ``--port-file`` (written once every listener listens), talks to it with
+real clients, then stops it with SIGTERM and checks it exited 0 with no
+traceback in its output.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from txcmux.demo import Message
+
+START_TIMEOUT = 30.0
+
+
+def twistd_command() -> list[str]:
+    """twistd from the running environment."""
+    script = Path(sys.executable).parent / "twistd"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def run_twistd(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run twistd to completion (for --help, --check and failing starts)."""
+    return subprocess.run(
+        [*twistd_command(), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@dataclass
+class Running:
+    """A twistd process serving on ``port``."""
+
+    process: subprocess.Popen[str]
+    port: int
+    log: Path
+
+    def stop(self) -> str:
+        """SIGTERM, wait, and return everything it printed."""
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        return self.log.read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def start_twistd(tmp_path: Path) -> Iterator[object]:
+    """Start ``twistd -n cmux ARGS`` and wait (bounded) until it listens."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> Running:
+        port_file = tmp_path / f"ports-{len(started)}"
+        log = tmp_path / f"twistd-{len(started)}.log"
+        output = log.open("w", encoding="utf-8")
+        process = subprocess.Popen(
+            [
+                *twistd_command(),
+                "-n",
+                "--pidfile=",
+                "cmux",
+                *args,
+                "--port-file",
+                str(port_file),
+            ],
+            cwd=tmp_path,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        output.close()
+        started.append(process)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not port_file.exists():
+            if process.poll() is not None:
+                pytest.fail(f"twistd exited {process.returncode}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"twistd did not listen in time:\n{log.read_text()}")
+            time.sleep(0.05)
+        port = int(port_file.read_text().split()[0])
+        return Running(process, port, log)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def curl(port: int, path: str, *options: str) -> str:
+    result = subprocess.run(
+        [
+            "curl",
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "10",
+            *options,
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def check_grpc(port: int) -> None:
+    """Health says SERVING; the demo service echoes and greets."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        for method, sent, expected in (
+            ("Echo", "over one port", "over one port"),
+            ("Greet", "cmux", "Hello, cmux!"),
+        ):
+            call = channel.unary_unary(
+                f"/txcmux.demo.Demo/{method}",
+                request_serializer=Message.SerializeToString,
+                response_deserializer=Message.FromString,
+            )
+            assert call(Message(text=sent), timeout=10).text == expected
+
+
+def assert_clean_exit(running: Running, output: str) -> None:
+    assert running.process.returncode == 0, output
+    assert "Traceback" not in output, output
+
+
+# -- the plugin and --check --------------------------------------------------
+
+
+def test_twistd_lists_the_plugin(tmp_path: Path) -> None:
+    result = run_twistd(["--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "cmux" in result.stdout
+    result = run_twistd(["cmux", "--help"], tmp_path)
+    assert "--config" in result.stdout and "--check" in result.stdout
+
+
+GOOD = """\
+listen = ["tcp:0"]
+[[route]]
+name = "grpc"
+match = ["grpc"]
+grpc = ["txcmux.demo:add_services"]
+[[route]]
+name = "web"
+match = ["http1", "http2"]
+web = "txcmux.demo:resource"
+[[route]]
+name = "ssh"
+match = ["ssh"]
+proxy = "tcp:host=127.0.0.1:port=22"
+"""
+
+
+def test_check_good_file(tmp_path: Path) -> None:
+    path = tmp_path / "good.toml"
+    path.write_text(GOOD)
+    result = run_twistd(["cmux", "--check", "--config", str(path)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{path}: OK, 1 listener, 3 routes"
+    assert not list(tmp_path.glob("twistd.*"))  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (('match = ["ssh"]', 'match = ["shh"]'), 'did you mean "ssh"?'),
+        (('listen = ["tcp:0"]', 'listen = ["tcp:0"'), "not valid TOML"),
+        (("proxy =", "proxi ="), 'did you mean "proxy"?'),
+    ],
+)
+def test_check_bad_file(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD.replace(*change))
+    result = run_twistd(["cmux", "--check", "--config", str(path)], tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"twistd cmux: error: {path}: ")
+    assert expected in lines[0]
+
+
+def test_bad_file_stops_start_up(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        GOOD.replace('listen = ["tcp:0"]', 'listen = ["tcp:0"]\nsniff_timeout = "5"')
+    )
+    result = run_twistd(["-n", "--pidfile=", "cmux", "--config", str(path)], tmp_path)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert (
+        f'{path}: key "sniff_timeout": found the string "5", expected a positive'
+        in result.stderr
+    )
+
+
+def test_address_in_use_stops_start_up(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        result = run_twistd(
+            ["-n", "--pidfile=", "cmux", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            tmp_path,
+        )
+    finally:
+        taken.close()
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert f"cannot listen on tcp:{port}:interface=127.0.0.1" in output
+
+
+# -- running -----------------------------------------------------------------
+
+
+SERVED = """\
+listen = ["tcp:0:interface=127.0.0.1"]
+routes = ["grpc", "files", "web"]
+
+[[route]]
+name = "web"
+match = ["http1", "http2"]
+web = "cmux_test_site:site"
+
+[[route]]
+name = "files"
+match = [{ type = "http1_header", name = "host", value = "files.test" }]
+static = "www"
+
+[[route]]
+name = "grpc"
+match = ["grpc"]
+grpc = ["txcmux.demo:add_services"]
+"""
+
+SITE_MODULE = """\
+from twisted.web.server import Site
+import txcmux.demo
+
+def site():
+    return Site(txcmux.demo.resource(), logPath={log!r})
+"""
+
+
+def test_config_end_to_end(tmp_path: Path, start_twistd: object) -> None:
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "file.txt").write_text("a static file\n")
+    access_log = tmp_path / "access.log"
+    (tmp_path / "cmux_test_site.py").write_text(SITE_MODULE.format(log=str(access_log)))
+    config = tmp_path / "cmux.toml"
+    config.write_text(SERVED)
+    running = start_twistd("--config", str(config))  # type: ignore[operator]
+    port = running.port
+
+    assert curl(port, "/hello", "--http1.1") == "Hello from txcmux over HTTP/1.1\n"
+    assert curl(port, "/hello", "--http2-prior-knowledge") == (
+        "Hello from txcmux over HTTP/2 (h2c)\n"
+    )
+    assert curl(port, "/file.txt", "-H", "Host: files.test") == "a static file\n"
+    check_grpc(port)
+
+    output = running.stop()
+    assert_clean_exit(running, output)
+    start_up = next(
+        line for line in output.splitlines() if "routes in priority" in line
+    )
+    assert f"(127.0.0.1:{port})" in start_up
+    assert start_up.index("1. grpc [grpc]") < start_up.index("2. files")
+    assert start_up.index("2. files") < start_up.index("3. web [http1 | http2]")
+    # The Site was stopped: its access log was flushed and closed.
+    assert "Stopping factory <twisted.web.server.Site" in output
+    assert access_log.read_text().count('"GET /hello HTTP/') == 2
+    assert "txcmux: stopped" in output
+
+
+def test_builtin_demo(start_twistd: object) -> None:
+    running = start_twistd("--listen", "tcp:0:interface=127.0.0.1")  # type: ignore[operator]
+    port = running.port
+    page = curl(port, "/")
+    assert "txcmux demo on 127.0.0.1:" in page
+    assert "--http2-prior-knowledge" in page
+    assert "HTTP/2 (h2c)" in curl(port, "/hello", "--http2-prior-knowledge")
+    check_grpc(port)
+    output = running.stop()
+    assert_clean_exit(running, output)
+    assert "the built-in demo: listening on tcp:0:interface=127.0.0.1" in output
+
+
+def test_sigterm_while_a_client_is_connected(start_twistd: object) -> None:
+    running = start_twistd("--listen", "tcp:0:interface=127.0.0.1")  # type: ignore[operator]
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as client:
+        client.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200 OK" in client.recv(4096)
+        output = running.stop()
+    assert_clean_exit(running, output)
+
+
+def test_port_file_lists_every_listener(tmp_path: Path, start_twistd: object) -> None:
+    socket_path = tmp_path / "cmux.sock"
+    running = start_twistd(  # type: ignore[operator]
+        "--listen", "tcp:0:interface=127.0.0.1", "--listen", f"unix:{socket_path}"
+    )
+    lines = sorted(tmp_path.glob("ports-*"))[-1].read_text().splitlines()
+    assert lines == [str(running.port), str(socket_path)]
+    output = running.stop()
+    assert_clean_exit(running, output)
