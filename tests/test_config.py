@@ -720,3 +720,36 @@ def test_the_documented_example_is_valid(tmp_path: Path) -> None:
     config = load(write(tmp_path, example))
     assert config.listener_routes == ("grpc", "web", "ssh")
     make_service(config, reactor=MemoryReactorClock())
+
+
+def test_every_toml_block_in_the_docs_parses() -> None:
+    import tomllib
+
+    blocks = DOCS.read_text(encoding="utf-8").split("```toml\n")[1:]
+    assert len(blocks) >= 4
+    for block in blocks:
+        tomllib.loads(block.split("```", 1)[0])
+
+
+def test_grpc_server_table_is_checked(tmp_path: Path) -> None:
+    text = 'listen = ["tcp:0"]\n[grpc_server]\nmax_worker = 4\n' + WEB_ROUTE
+    message = error_of(tmp_path, text)
+    assert_says(
+        message,
+        'key "grpc_server"',
+        'unknown key "max_worker" in the grpc_server table',
+        'did you mean "max_workers"?',
+    )
+    text = 'listen = ["tcp:0"]\n[grpc_server]\ngrace = "soon"\n' + WEB_ROUTE
+    message = error_of(tmp_path, text)
+    assert_says(message, 'key "grpc_server.grace"', 'found the string "soon"')
+
+
+def test_a_route_used_nowhere_is_logged(tmp_path: Path) -> None:
+    from tests.logs import captured_logs
+
+    text = 'listen = ["tcp:0"]\nroutes = ["web"]\n' + WEB_ROUTE + SSH_ROUTE
+    with captured_logs() as lines:
+        config = load(write(tmp_path, text))
+    assert config.listener_routes == ("web",)
+    assert any("route 'ssh' is used by no listener" in line for line in lines), lines

@@ -21,6 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.tls_support import pki
 from txcmux.demo import Message
 
 START_TIMEOUT = 30.0
@@ -329,3 +330,65 @@ def test_port_file_lists_every_listener(tmp_path: Path, start_twistd: object) ->
     assert lines == [str(running.port), str(socket_path)]
     output = running.stop()
     assert_clean_exit(running, output)
+
+
+TLS_CONFIG = """\
+listen = ["tcp:0:interface=127.0.0.1"]
+routes = ["https", "web"]
+
+[[route]]
+name = "https"
+match = ["tls"]
+[route.tls]
+certificate = "{certificate}"
+key = "{key}"
+routes = ["grpc", "web"]
+
+[[route]]
+name = "grpc"
+match = ["grpc"]
+grpc = ["txcmux.demo:add_services"]
+
+[[route]]
+name = "web"
+match = ["http1", "http2"]
+web = "txcmux.demo:resource"
+"""
+
+
+def test_tls_route_end_to_end(tmp_path: Path, start_twistd: object) -> None:
+    files = pki()
+    config = tmp_path / "tls.toml"
+    config.write_text(
+        TLS_CONFIG.format(certificate=files.server_certificate, key=files.server_key)
+    )
+    running = start_twistd("--config", str(config))  # type: ignore[operator]
+    port = running.port
+    tls = ["--cacert", str(files.ca), "--resolve", f"localhost:{port}:127.0.0.1"]
+    url = f"https://localhost:{port}/hello"
+    for option, expected in (
+        ("--http2", "HTTP/2 (h2)"),
+        ("--http1.1", "HTTP/1.1 over TLS"),
+    ):
+        result = subprocess.run(
+            ["curl", "--silent", "--show-error", "--max-time", "10", *tls, option, url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"Hello from txcmux over {expected}\n"
+    # Plain HTTP on the same port still reaches the web route directly.
+    assert curl(port, "/hello") == "Hello from txcmux over HTTP/1.1\n"
+    credentials = grpc.ssl_channel_credentials(root_certificates=files.ca.read_bytes())
+    with grpc.secure_channel(
+        f"127.0.0.1:{port}",
+        credentials,
+        options=[("grpc.ssl_target_name_override", "localhost")],
+    ) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    output = running.stop()
+    assert_clean_exit(running, output)
+    assert "1. https [tls] -> TLS (server.pem) then grpc | web" in output

@@ -213,7 +213,10 @@ grpcurl -plaintext -d '{{"text": "world"}}' {host} txcmux.demo.Demo/Greet</pre>
 
 def _protocol(request: Request) -> str:
     version = request.clientproto.decode("ascii", "replace")
-    return "HTTP/2 (h2c)" if version.startswith("HTTP/2") else version
+    secure = request.isSecure()  # type: ignore[no-untyped-call]
+    if version.startswith("HTTP/2"):
+        return "HTTP/2 (h2)" if secure else "HTTP/2 (h2c)"
+    return f"{version} over TLS" if secure else version
 
 
 def _host(request: Request) -> str:
