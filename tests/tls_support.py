@@ -129,7 +129,8 @@ class PKI:
     """Paths of the PEM files the TLS tests use (all in one temporary dir).
 
     ``ca``: the root clients and the server trust.  ``server_certificate``:
-    localhost / 127.0.0.1 leaf followed by the intermediate that signed it;
+    leaf for localhost, 127.0.0.1, mtls.example and opt.example, followed by
+    the intermediate that signed it;
     ``a_certificate``: for ``a.example``; ``wild_certificate``: for
     ``*.wild.example``; ``pass_certificate``: for ``pass.example`` (the
     pass-through backend's own); ``expired_certificate``: localhost, expired
@@ -203,7 +204,11 @@ def pki() -> PKI:
             _write(directory / f"{stem}.key", key),
         )
 
-    server = leaf("server", "localhost", ("localhost", "127.0.0.1"))
+    server = leaf(
+        "server",
+        "localhost",
+        ("localhost", "127.0.0.1", "mtls.example", "opt.example"),
+    )
     a = leaf("a", "a.example", ("a.example",))
     wild = leaf("wild", "*.wild.example", ("*.wild.example",))
     passed = leaf("pass", "pass.example", ("pass.example",))
