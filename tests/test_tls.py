@@ -99,6 +99,23 @@ class Info(protocol.Protocol):
         transport.loseConnection()
 
 
+class HalfClose(protocol.Protocol):
+    """Answers ``bye``, half-closes, and keeps what the client sends after."""
+
+    def __init__(self, after: list[bytes]) -> None:
+        self.after = after
+        self.answered = False
+
+    def dataReceived(self, data: bytes) -> None:
+        transport: Any = self.transport
+        if self.answered:
+            self.after.append(data)
+            return
+        self.answered = True
+        transport.write(b"bye")
+        transport.loseWriteConnection()
+
+
 class Echo(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
@@ -159,10 +176,18 @@ class Server:
         case.addCleanup(backend.stopListening)
         grpc_server, grpc_port = _start_grpc_server()
         case.addCleanup(grpc_server.stop, None)
+        self.after_half_close: list[bytes] = []
         self.tls = TLSTerminationFactory(
             files.server_certificate,
             files.server_key,
             [
+                Route(
+                    "half",
+                    matchers.prefix(b"HALF"),
+                    protocol.Factory.forProtocol(
+                        lambda: HalfClose(self.after_half_close)  # type: ignore[arg-type]
+                    ),
+                ),
                 Route(
                     "info", matchers.prefix(b"INFO"), protocol.Factory.forProtocol(Info)
                 ),
@@ -680,6 +705,34 @@ class OnePortTests(unittest.TestCase):
                 if key.startswith("routed.")
             },
             {"routed.tls": 4, "routed.web": 1, "routed.pass": 1},
+        )
+
+    @as_deferred
+    async def test_half_close_sends_close_notify_and_keeps_reading(self) -> None:
+        port = self.server.port
+
+        def exchange() -> tuple[bytes, bytes]:
+            context = ssl.create_default_context(cafile=str(pki().ca))
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                context.wrap_socket(
+                    raw, server_hostname="localhost", suppress_ragged_eofs=False
+                ) as tls,
+            ):
+                tls.sendall(b"HALF")
+                received = b""
+                while chunk := tls.recv(100):  # an unclean end would raise
+                    received += chunk
+                end = tls.recv(100)
+                tls.sendall(b"after the server's close_notify")
+                tls.unwrap()
+                return received, end
+
+        received, end = await deferToThread(exchange)
+        self.assertEqual((received, end), (b"bye", b""))
+        await eventually(lambda: bool(self.server.after_half_close), "data after")
+        self.assertEqual(
+            self.server.after_half_close, [b"after the server's close_notify"]
         )
 
     # -- client certificates -----------------------------------------------

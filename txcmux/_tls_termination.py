@@ -27,6 +27,7 @@ transport as their transport: ``negotiatedProtocol``, ``getPeerCertificate()``,
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from collections import Counter
@@ -353,10 +354,39 @@ def _describe_failure(reason: Failure) -> str:
 
 
 class _TerminatingTLS(BufferingTLSTransport):
-    """Twisted's TLS protocol, refusing clients that do not send TLS at all."""
+    """Twisted's TLS protocol, refusing clients that do not send TLS at all.
+
+    It also half-closes the TLS way.  Twisted's TLS protocol copies the TCP
+    connection's interfaces, ``IHalfCloseableDescriptor`` included, but has
+    no ``loseWriteConnection`` of its own: the call reaches the TCP
+    connection beneath, which ends the stream with no TLS close_notify, and
+    the peer sees a truncated, unclean close.  Here it sends close_notify and
+    goes on reading, as TLS 1.3 allows.
+    """
 
     _checked = False
     _head = b""
+    _write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        """Send TLS close_notify: no more data from us; the peer may go on."""
+        if self._write_closed or self.disconnecting or self._tlsConnection is None:
+            return
+        self._aggregator.flush()
+        if not self._handshakeDone or self._appSendBuffer or self._producer:
+            # Data still waits on the handshake or a producer: close fully,
+            # which Twisted does once they are done.
+            self.loseConnection()
+            return
+        self._write_closed = True
+        with contextlib.suppress(SSL.Error):  # mid-state: the alert still goes
+            self._tlsConnection.shutdown()
+        self._flushSendBIO()  # type: ignore[no-untyped-call]
+
+    def _write(self, data: bytes) -> None:
+        if self._write_closed:
+            return  # after close_notify nothing more may be sent
+        super()._write(data)  # type: ignore[no-untyped-call]
 
     def dataReceived(self, data: bytes) -> None:
         if not self._checked:
