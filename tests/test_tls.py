@@ -735,6 +735,23 @@ class OnePortTests(unittest.TestCase):
             self.server.after_half_close, [b"after the server's close_notify"]
         )
 
+    @as_deferred
+    async def test_helpers_work_on_twisted_tls_ports(self) -> None:
+        files = self.server.files
+        plain_tls = reactor.listenSSL(  # type: ignore[attr-defined]
+            0,
+            protocol.Factory.forProtocol(Info),
+            BackendTLS(files.a_certificate, files.a_key),
+            interface="127.0.0.1",
+        )
+        self.addCleanup(plain_tls.stopListening)
+        _, _, body = await deferToThread(
+            tls_exchange, plain_tls.getHost().port, "a.example", b"INFO"
+        )
+        report = json.loads(body)
+        self.assertEqual(report["server_name"], "a.example")
+        self.assertTrue(report["ssl_transport"])
+
     # -- client certificates -----------------------------------------------
 
     @as_deferred
