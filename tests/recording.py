@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import ITransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 
 class Recorder(Protocol):
@@ -55,3 +56,24 @@ class RecordingFactory(Factory):
 
     def stopFactory(self) -> None:
         self.stops += 1
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloseRecorder(Recorder):
+    """A Recorder that also takes half-close events."""
+
+    def readConnectionLost(self) -> None:
+        self.events.append("readConnectionLost")
+
+    def writeConnectionLost(self) -> None:
+        self.events.append("writeConnectionLost")
+
+
+class HalfCloseRecordingFactory(RecordingFactory):
+    """Builds HalfCloseRecorders."""
+
+    def buildProtocol(self, addr: object) -> Recorder:  # type: ignore[override]
+        protocol = HalfCloseRecorder(self.route)
+        protocol.factory = self
+        self.built.append(protocol)
+        return protocol

@@ -10,6 +10,7 @@ the detector sent SETTINGS).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -87,7 +88,7 @@ def run(
     transport = StringTransport()
     detector.makeConnection(transport)
     edges = [0, *sorted(set(cuts)), len(stream)]
-    for start, end in zip(edges, edges[1:], strict=False):
+    for start, end in pairwise(edges):
         if start < end:
             detector.dataReceived(stream[start:end])
     if eof:

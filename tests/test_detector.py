@@ -1,0 +1,474 @@
+"""The detector and ProtocolSwitchingFactory on in-memory transports."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.protocols.policies import WrappingFactory
+from twisted.test.iosim import FakeTransport, connect
+
+import txcmux
+from txcmux import (
+    ConfigurationError,
+    Handoff,
+    IHandoffReceiver,
+    ProtocolSwitchingFactory,
+    Rejection,
+    Route,
+    matchers,
+)
+from txcmux._detector import Detector
+from txcmux.matchers import EMPTY_SETTINGS, NEED_MORE, PREFACE, FunctionMatcher
+
+from .captures import capture
+from .logs import captured_logs
+from .recording import HalfCloseRecordingFactory, Recorder, RecordingFactory
+
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
+
+
+class Harness:
+    """A switch with recording routes, and a detector on a StringTransport."""
+
+    def __init__(self, routes: list[tuple[str, matchers.Matcher]], **options: object):
+        self.factories = {name: RecordingFactory(name) for name, _ in routes}
+        self.rejections: list[Rejection] = []
+        self.clock = Clock()
+        self.switch = ProtocolSwitchingFactory(
+            [Route(name, m, self.factories[name]) for name, m in routes],
+            on_error=self.rejections.append,
+            clock=self.clock,
+            **options,  # type: ignore[arg-type]
+        )
+        self.transport = StringTransport(peerAddress=PEER)
+        self.detector = self.switch.buildProtocol(PEER)
+        self.transport.protocol = self.detector  # as tcp and unix transports have
+        self.detector.makeConnection(self.transport)
+
+    def feed(self, *chunks: bytes) -> None:
+        for chunk in chunks:
+            self.detector.dataReceived(chunk)
+
+    def chosen(self) -> Recorder | None:
+        built = [p for f in self.factories.values() for p in f.built]
+        assert len(built) <= 1
+        return built[0] if built else None
+
+
+THREE = [
+    ("echo", matchers.prefix(b"ECHO ")),
+    ("web", [matchers.http1(), matchers.http2()]),
+    ("ssh", matchers.ssh()),
+]
+
+
+def test_public_names_are_exported() -> None:
+    for name in txcmux.__all__:
+        assert getattr(txcmux, name) is not None
+    assert {"ProtocolSwitchingFactory", "Route", "matchers"} <= set(txcmux.__all__)
+    for name in matchers.__all__:
+        assert callable(getattr(matchers, name)) or name.isupper()
+
+
+def test_routes_by_first_bytes_and_replays_once() -> None:
+    for data, route in [
+        (b"ECHO hi\n", "echo"),
+        (capture("curl-http1.1.bin"), "web"),
+        (capture("curl-h2c-prior-knowledge.before-settings.bin"), "web"),
+        (capture("openssh-client.bin"), "ssh"),
+    ]:
+        harness = Harness(THREE)
+        harness.feed(data)
+        chosen = harness.chosen()
+        assert chosen is not None and chosen.route == route
+        assert chosen.chunks == [data]
+        assert chosen.events[:2] == ["makeConnection", "dataReceived"]
+        assert chosen.connected_with is harness.transport
+        assert harness.transport.protocol is chosen
+        assert harness.switch.stats["routed." + route] == 1
+
+
+def test_later_bytes_reach_the_chosen_protocol_unchanged() -> None:
+    harness = Harness(THREE)
+    harness.feed(b"ECH", b"O first\n")
+    harness.feed(b"second")
+    chosen = harness.chosen()
+    assert chosen is not None
+    assert chosen.chunks == [b"ECHO first\n", b"second"]
+
+
+def test_strict_priority_waits_for_earlier_routes() -> None:
+    # "web" (http1) needs the whole request line; "any-g" matches at once but
+    # comes later, so it must not win while "web" can still match.
+    harness = Harness(
+        [
+            ("web", matchers.http1()),
+            ("g", matchers.prefix(b"G")),
+            ("any", matchers.any()),
+        ]
+    )
+    harness.feed(b"GET / HT")
+    assert harness.chosen() is None
+    harness.feed(b"TP/1.1\r\n")
+    chosen = harness.chosen()
+    assert chosen is not None and chosen.route == "web"
+
+    harness = Harness(
+        [
+            ("web", matchers.http1()),
+            ("g", matchers.prefix(b"G")),
+            ("any", matchers.any()),
+        ]
+    )
+    harness.feed(b"GE", b"T / HTTP/2.0\r\n")
+    chosen = harness.chosen()
+    assert chosen is not None and chosen.route == "g"
+
+
+def test_any_matches_before_the_client_sends_anything() -> None:
+    harness = Harness([("banner", matchers.any())])
+    chosen = harness.chosen()
+    assert chosen is not None and chosen.route == "banner"
+    assert chosen.chunks == []
+
+
+def test_no_route_closes_logs_counts_and_calls_the_hook() -> None:
+    with captured_logs() as logs:
+        harness = Harness(THREE)
+        harness.feed(b"\x00\x01binary junk")
+    assert harness.chosen() is None
+    assert harness.transport.disconnecting
+    assert harness.switch.stats["closed.no_match"] == 1
+    [rejection] = harness.rejections
+    assert rejection.reason == "no_match"
+    assert rejection.peer == PEER
+    assert rejection.data == b"\x00\x01binary junk"
+    [line] = [line for line in logs if "closing connection" in line]
+    assert "127.0.0.1:40000" in line
+    assert "no route matched" in line
+    assert "13 bytes seen" in line
+    assert r"\x00\x01binary junk" in line
+    # Bytes after the decision are dropped, not buffered or routed.
+    harness.feed(b"more")
+    assert harness.chosen() is None
+
+
+def test_undecided_at_max_sniff_bytes_is_closed_as_too_long() -> None:
+    harness = Harness([("web", matchers.http1())], max_sniff_bytes=20)
+    harness.feed(b"GET /" + b"a" * 10)
+    assert not harness.transport.disconnecting
+    harness.feed(b"b" * 10)
+    assert harness.transport.disconnecting
+    assert [r.reason for r in harness.rejections] == ["too_long"]
+    assert harness.switch.stats["closed.too_long"] == 1
+
+
+def test_max_sniff_bytes_lets_a_later_route_win_over_an_undecided_one() -> None:
+    harness = Harness(
+        [("web", matchers.http1()), ("rest", matchers.any())], max_sniff_bytes=20
+    )
+    harness.feed(b"GET /" + b"a" * 30)
+    chosen = harness.chosen()
+    assert chosen is not None and chosen.route == "rest"
+    assert chosen.received == b"GET /" + b"a" * 30  # the replay is not cut
+
+
+def test_timeout_closes_a_silent_client() -> None:
+    with captured_logs() as logs:
+        harness = Harness(THREE, sniff_timeout=3.0)
+        harness.feed(b"EC")
+        harness.clock.advance(2.9)
+        assert not harness.transport.disconnecting
+        harness.clock.advance(0.1)
+    assert harness.transport.disconnecting
+    assert [r.reason for r in harness.rejections] == ["timeout"]
+    assert any("undecided after 3.0 seconds" in line for line in logs)
+
+
+def test_timeout_hands_silent_clients_to_on_timeout_with_what_arrived() -> None:
+    harness = Harness(THREE, sniff_timeout=1.0, on_timeout="ssh")
+    harness.feed(b"SS")
+    harness.clock.advance(1.0)
+    chosen = harness.chosen()
+    assert chosen is not None and chosen.route == "ssh"
+    assert chosen.chunks == [b"SS"]
+    assert harness.switch.stats["timeout_fallback"] == 1
+    assert not harness.transport.disconnecting
+
+
+def test_a_decision_cancels_the_timer() -> None:
+    harness = Harness(THREE, sniff_timeout=1.0)
+    assert len(harness.clock.getDelayedCalls()) == 1
+    harness.feed(b"ECHO ")
+    assert harness.clock.getDelayedCalls() == []
+    rejected = Harness(THREE, sniff_timeout=1.0)
+    rejected.feed(b"\x00")
+    assert rejected.clock.getDelayedCalls() == []
+
+
+def test_peer_leaving_while_undecided_is_counted_and_logged() -> None:
+    with captured_logs() as logs:
+        harness = Harness(THREE, sniff_timeout=1.0)
+        harness.feed(b"ECH")
+        harness.detector.connectionLost()
+    assert harness.switch.stats["closed.peer"] == 1
+    assert harness.clock.getDelayedCalls() == []
+    assert any("closed the connection while undecided" in line for line in logs)
+
+
+def test_connection_lost_after_the_switch_reaches_the_target() -> None:
+    harness = Harness(THREE)
+    harness.feed(b"ECHO x")
+    harness.detector.connectionLost()
+    chosen = harness.chosen()
+    assert chosen is not None and chosen.events[-1] == "connectionLost"
+    assert harness.switch.stats["closed.peer"] == 0
+
+
+def test_a_factory_returning_none_closes_the_connection() -> None:
+    class Refusing(Factory):
+        def buildProtocol(self, addr: object) -> None:  # type: ignore[override]
+            return None
+
+    rejections: list[Rejection] = []
+    switch = ProtocolSwitchingFactory(
+        [Route("no", matchers.any(), Refusing())],
+        on_error=rejections.append,
+        clock=Clock(),
+    )
+    transport = StringTransport()
+    switch.buildProtocol(PEER).makeConnection(transport)
+    assert transport.disconnecting
+    assert [r.reason for r in rejections] == ["no_protocol"]
+
+
+def test_half_close_while_undecided_decides_with_what_arrived() -> None:
+    factory = HalfCloseRecordingFactory("echo")
+    switch = ProtocolSwitchingFactory(
+        [
+            Route("web", matchers.http1(), RecordingFactory("web")),
+            Route("echo", matchers.prefix(b"EC"), factory),
+        ],
+        clock=Clock(),
+    )
+    transport = StringTransport()
+    detector = switch.buildProtocol(PEER)
+    detector.makeConnection(transport)
+    detector.dataReceived(b"EC")  # http1 still needs more: undecided
+    detector.readConnectionLost()  # ...but no more will come: echo wins
+    [chosen] = factory.built
+    assert chosen.events == ["makeConnection", "dataReceived", "readConnectionLost"]
+    assert not transport.disconnecting
+
+
+def test_half_close_reaches_a_protocol_that_cannot_half_close_as_a_close() -> None:
+    harness = Harness([("echo", matchers.prefix(b"ECHO "))])
+    harness.feed(b"ECHO x")
+    harness.detector.readConnectionLost()
+    assert harness.transport.disconnecting
+
+
+def test_half_close_with_nothing_matched_is_a_rejection() -> None:
+    harness = Harness(THREE)
+    harness.feed(b"ECH")
+    harness.detector.readConnectionLost()
+    assert [r.reason for r in harness.rejections] == ["no_match"]
+
+
+def test_a_matcher_that_raises_counts_as_no_match() -> None:
+    def broken(data: bytes) -> matchers.Verdict:
+        raise RuntimeError("bug in a matcher")
+
+    with captured_logs() as logs:
+        harness = Harness(
+            [("broken", FunctionMatcher("broken", 10, broken)), ("any", matchers.any())]
+        )
+    chosen = harness.chosen()
+    assert chosen is not None and chosen.route == "any"
+    assert any("matcher broken of route broken raised" in line for line in logs)
+
+
+def test_a_matcher_asking_past_its_bound_counts_as_no_match() -> None:
+    greedy = FunctionMatcher("greedy", 4, lambda data: NEED_MORE)
+    harness = Harness([("greedy", greedy), ("any", matchers.any())])
+    assert harness.chosen() is None
+    harness.feed(b"abcd")
+    chosen = harness.chosen()
+    assert chosen is not None and chosen.route == "any"
+
+
+def test_an_on_error_hook_that_raises_is_logged() -> None:
+    def hook(rejection: Rejection) -> None:
+        raise ValueError("hook bug")
+
+    switch = ProtocolSwitchingFactory(
+        [Route("echo", matchers.prefix(b"E"), RecordingFactory("echo"))],
+        on_error=hook,
+        clock=Clock(),
+    )
+    transport = StringTransport()
+    with captured_logs() as logs:
+        detector = switch.buildProtocol(PEER)
+        detector.makeConnection(transport)
+        detector.dataReceived(b"X")
+    assert transport.disconnecting
+    assert any("on_error hook raised" in line for line in logs)
+
+
+def test_grpc_clients_get_settings_once_and_their_ack_is_kept_from_the_target() -> None:
+    before = capture("grpcio-unary.before-settings.bin")
+    after = capture("grpcio-unary.after-settings.bin")
+    harness = Harness([("grpc", matchers.grpc()), ("web", matchers.http2())])
+    harness.feed(before[:30], before[30:])
+    assert harness.transport.value() == EMPTY_SETTINGS  # once, though two reads
+    assert harness.chosen() is None
+    harness.feed(after)
+    chosen = harness.chosen()
+    assert chosen is not None and chosen.route == "grpc"
+    assert chosen.received == before + after[len(SETTINGS_ACK) :]
+
+
+def test_the_ack_is_stripped_when_it_arrives_after_the_switch() -> None:
+    # A client that sends HEADERS before our SETTINGS reach it (h2load does)
+    # is matched at once; its ACK comes later, split across reads.
+    harness = Harness([("grpc", matchers.grpc())])
+    opening = capture("h2load-grpc.before-settings.bin")
+    settings_end = len(PREFACE) + 9 + int.from_bytes(opening[24:27], "big")
+    harness.feed(opening[:settings_end])
+    assert harness.transport.value() == EMPTY_SETTINGS
+    harness.feed(opening[settings_end:])
+    chosen = harness.chosen()
+    assert chosen is not None
+    assert harness.transport.protocol is harness.detector  # still filtering
+    window_update = b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x10\x00"
+    harness.feed(SETTINGS_ACK[:4], SETTINGS_ACK[4:] + window_update[:4])
+    harness.feed(window_update[4:])
+    assert chosen.received == opening + window_update
+    assert harness.transport.protocol is chosen  # out of the data path now
+
+
+def test_handoff_receivers_learn_what_the_detector_did() -> None:
+    from zope.interface import implementer
+
+    received: list[Handoff] = []
+
+    @implementer(IHandoffReceiver)
+    class Aware(Protocol):
+        def handoff_received(self, handoff: Handoff) -> None:
+            received.append(handoff)
+
+    switch = ProtocolSwitchingFactory(
+        [Route("grpc", matchers.grpc(), Factory.forProtocol(Aware))], clock=Clock()
+    )
+    detector = switch.buildProtocol(PEER)
+    detector.makeConnection(StringTransport(peerAddress=PEER))
+    before = capture("grpcio-unary.before-settings.bin")
+    after = capture("grpcio-unary.after-settings.bin")
+    detector.dataReceived(before)
+    detector.dataReceived(after)
+    [handoff] = received
+    assert handoff.route == "grpc"
+    assert handoff.peer == PEER
+    assert handoff.buffered == before + after
+    assert handoff.settings_sent
+
+
+def test_iosim_transport_is_repointed_at_the_target() -> None:
+    factory = RecordingFactory("echo")
+    switch = ProtocolSwitchingFactory(
+        [Route("echo", matchers.prefix(b"ECHO "), factory)]
+    )
+    server = switch.buildProtocol(PEER)
+    client = Protocol()
+    server_transport = FakeTransport(server, isServer=True)
+    pump = connect(
+        server, server_transport, client, FakeTransport(client, isServer=False)
+    )
+    client.transport.write(b"ECHO one")
+    pump.flush()
+    [chosen] = factory.built
+    assert server_transport.protocol is chosen
+    client.transport.write(b" two")
+    pump.flush()
+    assert chosen.received == b"ECHO one two"
+
+
+def test_wrapper_transports_are_repointed_too() -> None:
+    factory = RecordingFactory("echo")
+    switch = ProtocolSwitchingFactory(
+        [Route("echo", matchers.prefix(b"ECHO "), factory)]
+    )
+    wrapping = WrappingFactory(switch)
+    wrapper = wrapping.buildProtocol(PEER)
+    assert wrapper is not None
+    wrapper.makeConnection(StringTransport(peerAddress=PEER))
+    detector = wrapper.wrappedProtocol
+    assert isinstance(detector, Detector)
+    wrapper.dataReceived(b"ECHO a")
+    [chosen] = factory.built
+    assert wrapper.wrappedProtocol is chosen
+    assert chosen.connected_with is wrapper
+    wrapper.dataReceived(b"b")
+    assert chosen.received == b"ECHO ab"
+
+
+def test_start_and_stop_reach_each_route_factory_once() -> None:
+    shared = RecordingFactory("shared")
+    other = RecordingFactory("other")
+    switch = ProtocolSwitchingFactory(
+        [
+            Route("a", matchers.prefix(b"A"), shared),
+            Route("b", matchers.prefix(b"B"), shared),
+            Route("c", matchers.prefix(b"C"), other),
+        ],
+        clock=Clock(),
+    )
+    switch.doStart()
+    switch.doStart()  # a second listener on the same factory
+    assert (shared.starts, other.starts) == (1, 1)
+    switch.doStop()
+    assert (shared.stops, other.stops) == (0, 0)
+    switch.doStop()
+    assert (shared.stops, other.stops) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"routes": []}, "at least one route"),
+        ({"sniff_timeout": 0}, "sniff_timeout must be a positive number"),
+        ({"max_sniff_bytes": 0}, "max_sniff_bytes must be at least 1"),
+        (
+            {"on_timeout": "sssh"},
+            "on_timeout names route 'sssh', but the routes are 'a'",
+        ),
+    ],
+)
+def test_bad_options_are_configuration_errors(
+    options: dict[str, object], message: str
+) -> None:
+    arguments: dict[str, object] = {
+        "routes": [Route("a", matchers.any(), RecordingFactory("a"))],
+        "clock": Clock(),
+    }
+    arguments.update(options)
+    with pytest.raises(ConfigurationError, match=message):
+        ProtocolSwitchingFactory(**arguments)  # type: ignore[arg-type]
+
+
+def test_routes_must_have_unique_names_and_real_parts() -> None:
+    factory = RecordingFactory("a")
+    with pytest.raises(ConfigurationError, match="two routes are named 'a'"):
+        ProtocolSwitchingFactory(
+            [Route("a", matchers.any(), factory), Route("a", matchers.any(), factory)]
+        )
+    with pytest.raises(TypeError, match="is not a matcher"):
+        Route("a", [b"GET"], factory)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="is not a protocol factory"):
+        Route("a", matchers.any(), object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="has no matcher"):
+        Route("a", [], factory)
