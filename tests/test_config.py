@@ -322,6 +322,34 @@ def test_matcher_refusing_its_parameters(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("table", "key", "expected"),
+    [
+        (
+            '{ type = "http1", max_request_line = "8k" }',
+            "max_request_line",
+            'found the string "8k", expected an integer',
+        ),
+        (
+            '{ type = "http2_header", name = "a", value = "b", prefix = "yes" }',
+            "prefix",
+            'found the string "yes", expected true or false',
+        ),
+        (
+            '{ type = "prefix", values = ["A", 1] }',
+            "values[1]",
+            "found the integer 1, expected a string",
+        ),
+    ],
+)
+def test_matcher_parameter_types(
+    tmp_path: Path, table: str, key: str, expected: str
+) -> None:
+    route = SSH_ROUTE.replace('["ssh"]', f"[{table}]")
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(message, 'route "ssh"', f'key "match[0].{key}"', expected)
+
+
 def test_matcher_needing_parameters_named_bare(tmp_path: Path) -> None:
     route = SSH_ROUTE.replace('["ssh"]', '["prefix"]')
     message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)

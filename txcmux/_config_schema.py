@@ -459,6 +459,31 @@ def _wants_bytes(annotation: object) -> bool:
     return "bytes" in text and "str" not in text
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: Simple parameter annotations checked before a matcher function is called:
+#: what a message says is expected, and the test.
+_SIMPLE_TYPES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "int": ("an integer", _is_int),
+    "float": ("a number", lambda v: _is_int(v) or isinstance(v, float)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "bytes": ("a string", lambda v: isinstance(v, str)),
+    "str | bytes": ("a string", lambda v: isinstance(v, str)),
+    "bytes | str": ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def _check_type(where: _Where, annotation: object, value: object) -> None:
+    """Refuse a value that plainly does not fit a simple annotation."""
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    known = _SIMPLE_TYPES.get(text)
+    if known is not None and not known[1](value):
+        where.wrong(value, known[0])
+
+
 def _convert(where: _Where, value: object, to_bytes: bool) -> object:
     if to_bytes and isinstance(value, str):
         return _encode(where, value)
@@ -514,18 +539,17 @@ def _matcher_arguments(
             if given:
                 value = params[given[0]]
                 at = where.at(given[0])
-                if isinstance(value, list):
-                    args += [
-                        _convert(at.item(i), v, to_bytes) for i, v in enumerate(value)
-                    ]
-                else:
-                    args.append(_convert(at, value, to_bytes))
+                items = list(enumerate(value)) if isinstance(value, list) else None
+                for i, item in items or [(0, value)]:
+                    item_at = at.item(i) if items is not None else at
+                    _check_type(item_at, parameter.annotation, item)
+                    args.append(_convert(item_at, item, to_bytes))
         elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
             kwargs.update({k: v for k, v in params.items() if k not in accepted})
         elif parameter.name in params:
-            kwargs[parameter.name] = _convert(
-                where.at(parameter.name), params[parameter.name], to_bytes
-            )
+            at = where.at(parameter.name)
+            _check_type(at, parameter.annotation, params[parameter.name])
+            kwargs[parameter.name] = _convert(at, params[parameter.name], to_bytes)
     return args, kwargs
 
 
@@ -588,15 +612,20 @@ def _matcher(where: _Where, item: object, registry: MatcherRegistry) -> MatcherC
     args, kwargs = _matcher_arguments(where, name, signature, params)
     try:
         matcher = function(*args, **kwargs)
-    except (TypeError, ValueError) as error:
+    except Exception as error:
         accepted = ", ".join(_parameter_keys(signature)) or "none"
         form = (
             f"; write it as a table, e.g. {{ type = {_quote(name)}, ... }}"
             if isinstance(item, str)
             else ""
         )
+        reason = (
+            str(error)
+            if isinstance(error, ValueError | TypeError)
+            else (f"{type(error).__name__}: {error}")
+        )
         where.fail(
-            f"matcher {_quote(name)} refused its parameters ({error});"
+            f"matcher {_quote(name)} refused its parameters ({reason});"
             f" its parameters are: {accepted}{form}"
         )
     if not (
@@ -982,4 +1011,3 @@ def load(
         registry=registry,
         listen=listen,
     )
-
