@@ -781,3 +781,36 @@ def test_a_route_used_nowhere_is_logged(tmp_path: Path) -> None:
         config = load(write(tmp_path, text))
     assert config.listener_routes == ("web",)
     assert any("route 'ssh' is used by no listener" in line for line in lines), lines
+
+
+def test_tls_files_that_do_not_fit_name_the_route(tmp_path: Path) -> None:
+    files = pki()
+    text = f"""
+    listen = ["tcp:0"]
+    [[route]]
+    name = "https"
+    match = ["tls"]
+    [route.tls]
+    certificate = "{files.server_certificate}"
+    key = "{files.ca}"
+    routes = ["web"]
+    {WEB_ROUTE}
+    """
+    config = load(write(tmp_path, text))
+    with pytest.raises(ConfigurationError) as raised:
+        make_service(config, reactor=MemoryReactorClock())
+    assert_says(str(raised.value), 'cmux.toml: route "https": key "tls": ', "ca.pem")
+
+
+def test_a_target_missing_from_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load(write(tmp_path, 'listen = ["tcp:0"]\n' + SSH_ROUTE))
+    monkeypatch.setitem(sys.modules, "txcmux.relay", None)
+    with pytest.raises(ConfigurationError) as raised:
+        make_service(config, reactor=MemoryReactorClock())
+    assert_says(
+        str(raised.value),
+        'route "ssh": key "proxy"',
+        "target 'proxy' is not available in this build",
+    )

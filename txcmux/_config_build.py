@@ -58,14 +58,16 @@ def _route_error(config: Config, route: RouteConfig, key: str, problem: str) -> 
     return f"{config.source}: route {_quote(route.name)}: key {_quote(key)}: {problem}"
 
 
-def _unavailable(config: Config, route: RouteConfig, module: str) -> ConfigurationError:
+def _unavailable(
+    config: Config, route: RouteConfig, module: str, error: ImportError
+) -> ConfigurationError:
     return ConfigurationError(
         _route_error(
             config,
             route,
             route.target.kind,
             f"target {route.target.kind!r} is not available in this build"
-            f" ({module} cannot be imported)",
+            f" ({module} cannot be imported: {error})",
         )
     )
 
@@ -126,7 +128,15 @@ class _Builder:
 
     def factory(self, name: str) -> IProtocolFactory:
         if name not in self.factories:
-            self.factories[name] = self._build(self.config.route(name))
+            route = self.config.route(name)
+            try:
+                self.factories[name] = self._build(route)
+            except ConfigurationError as error:
+                if str(error).startswith(f"{self.config.source}: "):
+                    raise
+                raise ConfigurationError(
+                    _route_error(self.config, route, route.target.kind, str(error))
+                ) from None
         return self.factories[name]
 
     def route(self, name: str) -> Route:
@@ -138,8 +148,8 @@ class _Builder:
     def _web(self, route: RouteConfig, site_or_resource: object) -> IProtocolFactory:
         try:
             from .web import WebFactory
-        except ImportError:
-            raise _unavailable(self.config, route, "txcmux.web") from None
+        except ImportError as error:
+            raise _unavailable(self.config, route, "txcmux.web", error) from None
         if isinstance(site_or_resource, Site):
             return WebFactory(site_or_resource)
         return WebFactory(site_or_resource, reactor=self.reactor)  # type: ignore[arg-type]
@@ -174,8 +184,8 @@ class _Builder:
         if isinstance(target, ProxyTarget):
             try:
                 from .relay import RelayFactory
-            except ImportError:
-                raise _unavailable(config, route, "txcmux.relay") from None
+            except ImportError as error:
+                raise _unavailable(config, route, "txcmux.relay", error) from None
             return RelayFactory(target.endpoint, reactor=self.reactor, name=route.name)
         if isinstance(target, GrpcTarget):
             return self._grpc(route)
@@ -184,8 +194,8 @@ class _Builder:
     def _grpc(self, route: RouteConfig) -> IProtocolFactory:
         try:
             from .grpcserver import GrpcServer
-        except ImportError:
-            raise _unavailable(self.config, route, "txcmux.grpcserver") from None
+        except ImportError as error:
+            raise _unavailable(self.config, route, "txcmux.grpcserver", error) from None
         if self.grpc_server is None:
             settings = self.config.grpc_server
             grace = {} if settings.grace is None else {"grace": settings.grace}
@@ -202,8 +212,8 @@ class _Builder:
     def _tls(self, route: RouteConfig, target: TLSTarget) -> IProtocolFactory:
         try:
             from .tls import TLSTerminationFactory, protocols_for_routes
-        except ImportError:
-            raise _unavailable(self.config, route, "txcmux.tls") from None
+        except ImportError as error:
+            raise _unavailable(self.config, route, "txcmux.tls", error) from None
         inner = [self.route(name) for name in target.routes]
         alpn: list[str] = []
         for name, inner_route in zip(target.routes, inner, strict=True):
@@ -222,18 +232,9 @@ class _Builder:
             clock=self.reactor,
         )
         options: dict[str, Any] = {"alpn": alpn, **target.options}
-        try:
-            return TLSTerminationFactory(
-                target.certificate,
-                target.key,
-                detector,
-                clock=self.reactor,
-                **options,
-            )
-        except ConfigurationError as error:
-            raise ConfigurationError(
-                _route_error(self.config, route, "tls", str(error))
-            ) from None
+        return TLSTerminationFactory(
+            target.certificate, target.key, detector, clock=self.reactor, **options
+        )
 
 
 class _Listener(service.Service):
