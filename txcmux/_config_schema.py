@@ -16,10 +16,11 @@ was expected::
     ... ''', source="example.toml")
     >>> config.route("ssh").target.describe()
     'proxy to tcp:host=127.0.0.1:port=22'
-    >>> parse('listen = ["tcp:8080"]\\nsniff_timout = 2', source="example.toml")
+    >>> parse('listen = ["tcp:8080"]\\nsniff_timout = 2', source="x.toml")
+    ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    txcmux._errors.ConfigurationError: example.toml: unknown key "sniff_timout" ...
+    txcmux._errors.ConfigurationError: x.toml: unknown key "sniff_timout" ...
 """
 
 from __future__ import annotations
