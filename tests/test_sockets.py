@@ -59,6 +59,7 @@ class Client(protocol.Protocol):
         self.until = until
         self.received = b""
         self.done: defer.Deferred[bytes] = defer.Deferred()
+        self.closed: defer.Deferred[None] = defer.Deferred()
 
     def connectionMade(self) -> None:
         self.send_next()
@@ -76,6 +77,7 @@ class Client(protocol.Protocol):
     def connectionLost(self, reason: object = None) -> None:
         if not self.done.called:
             self.done.callback(self.received)
+        self.closed.callback(None)
 
 
 class StepDetector(Detector):
@@ -148,6 +150,7 @@ class _SocketCases(unittest.TestCase):
         yield endpoints.connectProtocol(self.client_endpoint(port), client)
         received = yield client.done
         client.transport.loseConnection()
+        yield client.closed
         return received
 
     @defer.inlineCallbacks
@@ -235,3 +238,53 @@ class UNIXTests(_SocketCases):
 
     def client_endpoint(self, port: IListeningPort) -> IStreamClientEndpoint:
         return endpoints.UNIXClientEndpoint(reactor, self.path)
+
+
+class TLSListenerTests(unittest.TestCase):
+    """The detector inside a TLS listener: its transport is TLSMemoryBIOProtocol."""
+
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_routes_decrypted_bytes_and_repoints_the_tls_protocol(self):
+        from OpenSSL import crypto
+        from twisted.internet import ssl
+
+        from .tls_support import pki
+
+        files = pki()
+        leaf, *chain = [
+            ssl.Certificate.loadPEM("-----BEGIN" + block)
+            for block in files.server_certificate.read_text().split("-----BEGIN")[1:]
+        ]
+        key = ssl.KeyPair.load(files.server_key.read_bytes(), crypto.FILETYPE_PEM)
+        options = ssl.CertificateOptions(
+            privateKey=key.original,
+            certificate=leaf.original,
+            extraCertChain=[c.original for c in chain],
+        )
+        switch = make_switch()
+        port = yield endpoints.SSL4ServerEndpoint(
+            reactor, 0, options, interface="127.0.0.1"
+        ).listen(switch)
+        self.addCleanup(port.stopListening)
+        authority = ssl.Certificate.loadPEM(files.ca.read_text())
+        client = Client([b"ECHO ", b"over ", b"tls"], b"tls")
+        switch.clients.append(client)
+        yield endpoints.connectProtocol(
+            endpoints.SSL4ClientEndpoint(
+                reactor,
+                "127.0.0.1",
+                port.getHost().port,
+                ssl.optionsForClientTLS("localhost", trustRoot=authority),
+            ),
+            client,
+        )
+        received = yield client.done
+        tls_protocol = client.transport
+        self.assertIn(b"ECHO over tls", received)
+        self.assertTrue(received.startswith(b"peer=IPv4Address host=IPv4Address\n"))
+        self.assertEqual(switch.stats["routed.echo"], 1)
+        self.assertEqual(switch.reads, [5])  # then the TLS protocol called Echo
+        tls_protocol.loseConnection()
+        yield client.closed
