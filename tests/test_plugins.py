@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import shutil
 import subprocess
@@ -34,7 +35,6 @@ from txcmux.config import loads, make_service
 from txcmux.matchers import Outcome
 
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "plugin_package"
-PLUGIN_DISTRIBUTION = "txcmux-ping-matcher"
 
 
 def _entry_point(name: str, value: str) -> importlib.metadata.EntryPoint:
@@ -149,53 +149,46 @@ def test_a_broken_plugin_breaks_only_configs_using_it(
 # -- a real plugin distribution ----------------------------------------------
 
 
-def _installed() -> bool:
-    try:
-        importlib.metadata.distribution(PLUGIN_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="session")
 def ping_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Install tests/plugin_package for the session (kept if it was there)."""
-    was_installed = _installed()
-    if not was_installed:
-        # Build from a copy, so the checkout gets no build/ or egg-info.
-        source = tmp_path_factory.mktemp("plugin") / "plugin_package"
-        shutil.copytree(PLUGIN_SOURCE, source)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-deps",
-                "--no-build-isolation",
-                "--no-input",
-                str(source),
-            ],
-            check=True,
-            timeout=120,
-        )
-        importlib.invalidate_caches()
+    """pip-install tests/plugin_package where this process finds it.
+
+    It goes into a private ``--target`` directory put on ``sys.path``, not
+    into the shared environment: entry points are found the same way (by
+    scanning ``sys.path`` for distribution metadata), and test runs side by
+    side cannot uninstall it under each other.  An installed copy is
+    tolerated (the registry counts one entry point seen twice once).
+    """
+    work = tmp_path_factory.mktemp("plugin")
+    source = work / "plugin_package"  # a copy: no build/ in the checkout
+    shutil.copytree(PLUGIN_SOURCE, source)
+    target = work / "site"
+    isolation = (
+        ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-input",
+            "--disable-pip-version-check",
+            *isolation,
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        timeout=120,
+    )
+    sys.path.append(str(target))
+    importlib.invalidate_caches()
     yield
-    if not was_installed:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "uninstall",
-                "--quiet",
-                "--yes",
-                PLUGIN_DISTRIBUTION,
-            ],
-            check=False,
-            timeout=120,
-        )
+    sys.path.remove(str(target))
+    sys.modules.pop("txcmux_ping_matcher", None)
 
 
 PING_CONFIG = """\
