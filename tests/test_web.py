@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -210,6 +211,13 @@ def http1_json(response: bytes) -> dict[str, Any]:
     assert head.startswith(b"HTTP/1.1 200 "), head
     result: dict[str, Any] = json.loads(body)
     return result
+
+
+def temp_path(case: unittest.TestCase, name: str) -> str:
+    """A path in a fresh directory outside the checkout, removed after the test."""
+    directory = tempfile.mkdtemp(prefix="txcmux-web-")
+    case.addCleanup(shutil.rmtree, directory, True)
+    return os.path.join(directory, name)
 
 
 def make_site(clock: Clock, name: str = "site", **kwargs: Any) -> Site:
@@ -458,7 +466,7 @@ class ConstructionTests(unittest.TestCase):
         """doStart/doStop through ProtocolSwitchingFactory open and close the log."""
         clock = Clock()
         site = make_site(clock)
-        site.logPath = self.mktemp()
+        site.logPath = temp_path(self, "access.log")
         web = WebFactory(site)
         mux = ProtocolSwitchingFactory(
             [Route("web", [matchers.http1(), matchers.http2()], web)], clock=clock
@@ -749,7 +757,7 @@ class RealSocketTests(unittest.TestCase):
     """One Site behind four routes on 127.0.0.1, with real clients."""
 
     def setUp(self) -> None:
-        self.log_path = os.path.abspath(self.mktemp())
+        self.log_path = temp_path(self, "access.log")
         self.site = Site(Info(), logPath=self.log_path)
         self.web = WebFactory(self.site)
         self.mux = TrackingMux(
@@ -816,21 +824,26 @@ class RealSocketTests(unittest.TestCase):
         for option, protocol, version in (
             ("--http1.1", "HTTP/1.1", "1.1"),
             ("--http2-prior-knowledge", "HTTP/2", "2"),
+            ("--http2", "HTTP/1.1", "1.1"),  # asks for Upgrade: h2c; not done
         ):
             body, local_port, seen_version = yield defer.ensureDeferred(
-                curl(self.url + "/info?via=" + version, option)
+                curl(self.url + "/info?" + option.lstrip("-"), option)
             )
             self.assertEqual(seen_version, version)
             self.assertEqual(body["protocol"], protocol)
             self.assertEqual(body["host"], "127.0.0.1")
             self.assertEqual(body["port"], local_port)
             self.assertFalse(body["secure"])
-        self.assertEqual(self.web.stats["http/1.1"], 1)
+        self.assertEqual(self.web.stats["http/1.1"], 2)
         self.assertEqual(self.web.stats["h2c"], 1)
         with open(self.log_path) as log:
             lines = log.read().splitlines()
-        for version in ("HTTP/1.1", "HTTP/2"):
-            wanted = f'"GET /info?via={version[5:]} {version}" 200 '
+        for query, version in (
+            ("http1.1", "HTTP/1.1"),
+            ("http2-prior-knowledge", "HTTP/2"),
+            ("http2", "HTTP/1.1"),
+        ):
+            wanted = f'"GET /info?{query} {version}" 200 '
             matching = [line for line in lines if wanted in line]
             self.assertEqual(len(matching), 1, lines)
             self.assertTrue(matching[0].startswith('"127.0.0.1" - - ['), matching)
@@ -931,7 +944,7 @@ class RealSocketTests(unittest.TestCase):
     def test_large_post_bodies(self) -> Any:
         """POST bodies of 4 MiB arrive whole over HTTP/1.1 and h2c."""
         payload = os.urandom(4 * 1024 * 1024)
-        path = self.mktemp()
+        path = temp_path(self, "upload.bin")
         with open(path, "wb") as f:
             f.write(payload)
         digest = hashlib.sha256(payload).hexdigest()

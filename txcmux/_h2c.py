@@ -104,7 +104,7 @@ def start_h2(
     exactly as Twisted does it.  The caller points the transport at it and
     replays the client's first bytes.
     """
-    connection = connection_class(site.reactor)
+    connection = connection_class(reactor=site.reactor)
     connection.requestFactory = getattr(template, "requestFactory", site.requestFactory)
     connection.site = getattr(template, "site", site)
     connection.factory = getattr(template, "factory", site)

@@ -23,9 +23,8 @@ of txcmux stays on the path of later reads.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -68,7 +67,7 @@ class WebFactory(Factory):
         self,
         site_or_resource: Site | IResource,
         *,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
         http2: bool = True,
     ) -> None:
         if isinstance(site_or_resource, Site):
