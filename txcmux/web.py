@@ -6,12 +6,15 @@ and becomes the Site's HTTP/1.1 channel, or Twisted's HTTP/2 connection when
 the bytes are the HTTP/2 preface (prior knowledge, "h2c") or TLS ALPN chose
 ``h2``::
 
+    from twisted.web.resource import Resource
     from twisted.web.server import Site
     from twisted.web.static import Data
     from txcmux import ProtocolSwitchingFactory, Route, matchers
     from txcmux.web import WebFactory
 
-    site = Site(Data(b"hello", "text/plain"), logPath="access.log")
+    root = Resource()
+    root.putChild(b"", Data(b"hello", "text/plain"))
+    site = Site(root, logPath="access.log")
     mux = ProtocolSwitchingFactory([
         Route("web", [matchers.http1(), matchers.http2()], WebFactory(site)),
     ])
