@@ -247,21 +247,19 @@ class TLSListenerTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_routes_decrypted_bytes_and_repoints_the_tls_protocol(self):
-        from OpenSSL import crypto
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
         from twisted.internet import ssl
 
         from .tls_support import pki
 
         files = pki()
-        leaf, *chain = [
-            ssl.Certificate.loadPEM("-----BEGIN" + block)
-            for block in files.server_certificate.read_text().split("-----BEGIN")[1:]
-        ]
-        key = ssl.KeyPair.load(files.server_key.read_bytes(), crypto.FILETYPE_PEM)
+        leaf, *chain = x509.load_pem_x509_certificates(
+            files.server_certificate.read_bytes()
+        )
+        key = serialization.load_pem_private_key(files.server_key.read_bytes(), None)
         options = ssl.CertificateOptions(
-            privateKey=key.original,
-            certificate=leaf.original,
-            extraCertChain=[c.original for c in chain],
+            privateKey=key, certificate=leaf, extraCertChain=chain
         )
         switch = make_switch()
         port = yield endpoints.SSL4ServerEndpoint(
