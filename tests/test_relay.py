@@ -25,7 +25,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from txcmux import (
     ConfigurationError,
@@ -76,12 +76,13 @@ class ManualEndpoint:
         self.attempts.append((factory, attempt))
         return attempt
 
-    def succeed(self, host: Any = None) -> tuple[Any, HalfCloseableTransport]:
+    def succeed(self, host: Any = None, transport: Any = None) -> tuple[Any, Any]:
         """Complete the last attempt; return (backend protocol, its transport)."""
         factory, attempt = self.attempts[-1]
         protocol = factory.buildProtocol(None)
         assert protocol is not None
-        transport = HalfCloseableTransport(hostAddress=host)
+        if transport is None:
+            transport = HalfCloseableTransport(hostAddress=host)
         protocol.makeConnection(transport)
         if not attempt.called:  # a cancelled attempt may still have connected
             attempt.callback(protocol)
@@ -128,10 +129,16 @@ def test_client_is_paused_and_buffered_until_the_backend_answers() -> None:
     backend, backend_transport = endpoint.succeed()
     assert backend_transport.value() == b"first second"
     assert client_transport.producerState == "producing"
-    # Each side is the other's streaming producer.
-    assert client_transport.producer is backend_transport
-    assert backend_transport.producer is client_transport
+    # Each side is the other's streaming producer: a full write buffer on
+    # one side pauses reading on the other.
     assert client_transport.streaming and backend_transport.streaming
+    client_transport.producer.pauseProducing()
+    assert backend_transport.producerState == "paused"
+    client_transport.producer.resumeProducing()
+    assert backend_transport.producerState == "producing"
+    backend_transport.producer.pauseProducing()
+    assert client_transport.producerState == "paused"
+    backend_transport.producer.resumeProducing()
 
     client.dataReceived(b" third")
     backend.dataReceived(b"reply")
@@ -159,6 +166,34 @@ def test_half_close_passes_both_ways_then_closes() -> None:
     assert client_transport.disconnecting  # both halves done: closed
     backend.writeConnectionLost()
     assert backend_transport.disconnecting
+
+
+class ForwardingWrapper:
+    """Like Twisted's TLS protocol as a transport: it copies the interfaces of
+    the transport beneath and forwards what it does not define to it."""
+
+    def __init__(self, beneath: HalfCloseableTransport) -> None:
+        self.beneath = beneath
+        self.closed = False
+        directlyProvides(self, providedBy(beneath))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.beneath, name)
+
+    def loseConnection(self) -> None:
+        self.closed = True
+
+
+def test_a_wrapper_forwarding_half_close_beneath_itself_is_closed_fully() -> None:
+    factory, endpoint, _ = relay_over_strings()
+    client, _ = connect_client(factory, b"req")
+    beneath = HalfCloseableTransport()
+    wrapper = ForwardingWrapper(beneath)
+    assert IHalfCloseableDescriptor.providedBy(wrapper)
+    endpoint.succeed(transport=wrapper)
+    client.readConnectionLost()
+    assert wrapper.closed
+    assert not beneath.write_closed  # never shut under the wrapper's feet
 
 
 def test_eof_before_the_backend_answers_is_passed_on_after_the_buffer() -> None:
@@ -313,6 +348,25 @@ def test_lookup_client_finds_the_relayed_client_while_connected() -> None:
     backend.connectionLost(Failure(error.ConnectionDone()))
     client.connectionLost(Failure(error.ConnectionDone()))
     assert lookup_client("ipv6:[::1]:41999") is None
+
+
+def test_lookup_client_will_not_guess_between_two_clients() -> None:
+    factory, endpoint, _ = relay_over_strings()
+    shared = IPv4Address("TCP", "127.0.0.1", 42001)  # one port, two backends
+    first, _ = connect_client(factory)
+    first_backend, _ = endpoint.succeed(host=shared)
+    second = factory.buildProtocol(None)
+    second.makeConnection(
+        HalfCloseableTransport(peerAddress=IPv4Address("TCP", "192.0.2.8", 1))
+    )
+    second_backend, _ = endpoint.succeed(host=shared)
+    assert lookup_client("ipv4:127.0.0.1:42001") is None
+    first_backend.connectionLost(Failure(error.ConnectionDone()))
+    first.connectionLost(Failure(error.ConnectionDone()))
+    assert lookup_client("ipv4:127.0.0.1:42001") == IPv4Address("TCP", "192.0.2.8", 1)
+    second_backend.connectionLost(Failure(error.ConnectionDone()))
+    second.connectionLost(Failure(error.ConnectionDone()))
+    assert lookup_client("ipv4:127.0.0.1:42001") is None
 
 
 # -- real sockets --------------------------------------------------------------
@@ -765,3 +819,62 @@ class RealSocketTests(unittest.TestCase):
         )
         with self.assertRaises(error.ConnectError):
             await named.connect(Factory.forProtocol(Protocol))
+
+
+class BehindTLSTests(unittest.TestCase):
+    """The relay as the inner target of a TLS-terminating route."""
+
+    timeout = 60
+
+    async def test_relay_behind_tls_termination_moves_megabytes_both_ways(
+        self,
+    ) -> None:
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+        from txcmux.tls import TLSTerminationFactory
+
+        from .tls_support import pki
+
+        size = 4 * MIB
+        heard: list[int] = []
+
+        class Exchange(Protocol):
+            """Waits for ``size`` bytes after the prefix, answers as many."""
+
+            got = 0
+
+            def dataReceived(self, data: bytes) -> None:
+                self.got += len(data)
+                if self.got == len(b"ECHO ") + size:
+                    heard.append(self.got)
+                    assert self.transport is not None
+                    self.transport.write(b"r" * size)
+                    self.transport.loseConnection()
+
+        backend_port = await listen(self, Factory.forProtocol(Exchange))
+        relay = RelayFactory(backend_string(backend_port), name="inner")
+        files = pki()
+        terminate = TLSTerminationFactory(
+            files.server_certificate,
+            files.server_key,
+            [Route("echo", matchers.prefix(b"ECHO "), relay)],
+        )
+        mux = ProtocolSwitchingFactory([Route("tls", matchers.tls(), terminate)])
+        port = await listen(self, mux)
+        options = optionsForClientTLS(
+            "localhost", trustRoot=Certificate.loadPEM(files.ca.read_bytes())
+        )
+        endpoint = endpoints.wrapClientTLS(
+            options,
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+        )
+        client = Client()
+        await endpoints.connectProtocol(endpoint, client)
+        assert client.transport is not None
+        client.transport.write(b"ECHO " + b"u" * size)
+        reason = await client.ended()
+        await wait_until(lambda: relay.active == 0)
+        self.assertEqual(heard, [len(b"ECHO ") + size])
+        self.assertEqual(client.data, b"r" * size)
+        self.assertIsInstance(reason.value, error.ConnectionDone)
+        self.assertEqual(relay.stats["closed_clean"], 1)

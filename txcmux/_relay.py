@@ -45,6 +45,7 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IProtocol,
     IProtocolFactory,
+    IPushProducer,
     IReactorSocket,
     IReactorTime,
     IStreamClientEndpoint,
@@ -62,9 +63,24 @@ _log = Logger(namespace="txcmux")
 
 # -- who is behind a backend connection ---------------------------------------
 
-#: Backend-connection local address (as a gRPC-style peer string) -> client.
-#: Written from the reactor thread, read from any thread (dict.get is atomic).
-_clients: dict[str, IAddress] = {}
+#: Backend-connection local address (as a gRPC-style peer string) -> the
+#: clients relayed from it: normally one; two live connections to different
+#: backends may share a local tcp port, and then nobody can say which.
+#: Written from the reactor thread, read from any thread (the values are
+#: tuples, replaced whole).
+_clients: dict[str, tuple[IAddress, ...]] = {}
+
+
+def _remember(key: str, client: IAddress) -> None:
+    _clients[key] = (*_clients.get(key, ()), client)
+
+
+def _forget(key: str, client: IAddress) -> None:
+    remaining = tuple(known for known in _clients.get(key, ()) if known is not client)
+    if remaining:
+        _clients[key] = remaining
+    else:
+        _clients.pop(key, None)
 
 
 def peer_key(address: IAddress) -> str | None:
@@ -98,21 +114,57 @@ def lookup_client(peer: str) -> IAddress | None:
     as grpcio spells it (``ipv4:127.0.0.1:41234``, ``ipv6:%5B::1%5D:41234``,
     ``unix:/run/txcmux/c1-2-ab``).  Returns the address of the client the
     relay carries on that connection, or None when no live relay connection
-    of this process has that local address.  Safe to call from any thread.
+    of this process has that local address (or, rarely, two connections to
+    different tcp backends share it).  Safe to call from any thread.
     """
-    return _clients.get(unquote(peer))
+    found = _clients.get(unquote(peer), ())
+    return found[0] if len(found) == 1 else None
 
 
 # -- the relay -----------------------------------------------------------------
 
 
 def _close_write(transport: Any) -> None:
-    """Half-close ``transport`` if it can, else close it after flushing."""
-    half_close = getattr(transport, "loseWriteConnection", None)
-    if half_close is not None and IHalfCloseableDescriptor.providedBy(transport):
-        half_close()
+    """Half-close ``transport`` if it can, else close it after flushing.
+
+    A transport can if it is a half-closeable descriptor with a
+    ``loseWriteConnection`` of its own (tcp, unix, txcmux's TLS termination).
+    Twisted's TLS protocol and other protocol wrappers copy the interfaces
+    of the socket beneath them and forward unknown attributes to it: there,
+    ``loseWriteConnection`` would shut the socket's write side under the TLS
+    layer, with no close_notify, so they are closed fully instead.
+    """
+    own = getattr(type(transport), "loseWriteConnection", None)
+    if own is not None and IHalfCloseableDescriptor.providedBy(transport):
+        own(transport)
     else:
         transport.loseConnection()
+
+
+@implementer(IPushProducer)
+class _Reading:
+    """One side's reading, as the other side's transport pauses and resumes it.
+
+    Registered instead of the transport itself so that a transport going
+    away does not close the other side behind the relay's back (a
+    transport calls ``stopProducing`` on its producer as it goes, which on
+    a TLS transport would close the socket beneath it without TLS's
+    close_notify); the relay decides how the other side ends.
+    """
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    def pauseProducing(self) -> None:
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def _unregister(transport: Any) -> None:
@@ -203,7 +255,7 @@ class RelayProtocol(_End):
         self._address = address
         self._pending: list[bytes] | None = []
         self._connecting: Deferred[IProtocol] | None = None
-        self._backend_key: str | None = None
+        self._registered: tuple[str, IAddress] | None = None
         self._counted = False
         self._done = False
 
@@ -283,15 +335,15 @@ class RelayProtocol(_End):
             return
         self.other, backend.other = backend, self
         self.relay.stats["connected"] += 1
-        key = peer_key(server.getHost())
-        if key is not None:
-            self._backend_key = key
-            _clients[key] = self.peer  # type: ignore[assignment]
+        key, peer = peer_key(server.getHost()), self.peer
+        if key is not None and peer is not None:
+            self._registered = (key, peer)
+            _remember(key, peer)
         if self.relay.no_delay:
             _no_delay(client)
             _no_delay(server)
-        client.registerProducer(server, True)  # type: ignore[attr-defined]
-        server.registerProducer(client, True)  # type: ignore[attr-defined]
+        client.registerProducer(_Reading(server), True)  # type: ignore[attr-defined]
+        server.registerProducer(_Reading(client), True)  # type: ignore[attr-defined]
         pending, self._pending = self._pending or [], None
         if not self.read_closed:
             client.resumeProducing()  # type: ignore[attr-defined]
@@ -337,8 +389,8 @@ class RelayProtocol(_End):
         stats["closed_clean" if clean else "closed_error"] += 1
         stats["bytes_up"] += self.received
         stats["bytes_down"] += backend.received
-        if self._backend_key is not None:
-            _clients.pop(self._backend_key, None)
+        if self._registered is not None:
+            _forget(*self._registered)
         (_log.debug if clean else _log.info)(
             "txcmux: route {route}: relay {peer} <-> {backend} closed {how}"
             " by the {side} ({up} bytes up, {down} down)",
