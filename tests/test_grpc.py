@@ -311,6 +311,50 @@ class GrpcTests(unittest.TestCase):
         self.assertNotEqual(clients[0], clients[1])
         self.assertEqual(direct.partition(b"|")[0], b"none")  # not relayed
 
+    async def test_grpc_over_tls_terminated_on_the_shared_port(self) -> None:
+        from txcmux.tls import TLSTerminationFactory
+
+        from .tls_support import pki
+
+        files = pki()
+        grpc_server = GrpcServer([service.add_to], options=MESSAGE_OPTIONS, grace=0)
+        grpc_server.startService()
+        relay = grpc_server.factory(name="grpcs")
+        relays = self.record_relays(relay)
+        terminate = TLSTerminationFactory(
+            files.server_certificate,
+            files.server_key,
+            [Route("grpc", matchers.grpc(), relay)],
+            alpn=["h2"],
+        )
+        mux = ProtocolSwitchingFactory([Route("tls", matchers.tls(), terminate)])
+        port = await listen(self, mux)
+        self.addCleanup(
+            lambda: defer.ensureDeferred(self.drain(port, relay, grpc_server))
+        )
+        number = port.getHost().port  # type: ignore[attr-defined]
+        credentials = grpc.ssl_channel_credentials(files.ca.read_bytes())
+
+        def calls() -> list[Any]:
+            with grpc.secure_channel(
+                f"127.0.0.1:{number}",
+                credentials,
+                options=[("grpc.use_local_subchannel_pool", 1)],
+            ) as chan:
+                stub = Stub(chan)
+                return [
+                    stub.unary(b"secret", timeout=10),
+                    list(stub.bidi(iter([b"a", b"b"]), timeout=10)),
+                    stub.peer(b"", timeout=10).partition(b"|")[0],
+                ]
+
+        unary, echoed, shown = await in_thread(calls)
+        self.assertEqual(unary, b"secret")
+        self.assertEqual(echoed, [b"a", b"b"])
+        peer = relays[0].peer
+        self.assertEqual(shown, f"{peer.host}:{peer.port}".encode())  # type: ignore[union-attr]
+        self.assertEqual(terminate.stats["alpn.h2"], 1)
+
     # -- external backends ------------------------------------------------------
 
     async def test_external_backends_over_tcp_and_unix(self) -> None:
