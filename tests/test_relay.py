@@ -265,6 +265,20 @@ def test_refusing_backend_closes_the_client() -> None:
     assert any("refused" in line.lower() and "svc" in line for line in lines), lines
 
 
+def test_an_endpoint_that_raises_counts_as_a_backend_failure() -> None:
+    @implementer(IStreamClientEndpoint)
+    class Broken:
+        def connect(self, factory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+            raise OSError("no route to the backend")
+
+    factory = RelayFactory(Broken(), reactor=task.Clock(), name="svc")
+    with captured_logs() as lines:
+        _, client_transport = connect_client(factory, b"hello")
+    assert client_transport.disconnecting
+    assert factory.stats["backend_failed"] == 1
+    assert any("no route to the backend" in line for line in lines), lines
+
+
 def test_client_leaving_first_cancels_the_connect() -> None:
     factory, endpoint, _ = relay_over_strings()
     client, _ = connect_client(factory, b"hello")

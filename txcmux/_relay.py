@@ -273,22 +273,20 @@ class RelayProtocol(_End):
 
     @property
     def peer(self) -> IAddress | None:
-        """The client's address."""
-        if self.transport is not None:
-            try:
-                address: IAddress = self.transport.getPeer()
-                return address
-            except Exception:  # an odd transport; the build address will do
-                pass
+        """The client's address (as the transport gave it on connecting)."""
         return self._address
 
     # -- client events -----------------------------------------------------------
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        with contextlib.suppress(Exception):  # an odd transport: keep the build one
+            self._address = self.transport.getPeer()
         self.transport.pauseProducing()  # type: ignore[attr-defined]
         self.relay.active += 1
-        connecting = self.relay.endpoint.connect(_BackendFactory(self))
+        connecting: Deferred[IProtocol] = defer.maybeDeferred(
+            self.relay.endpoint.connect, _BackendFactory(self)
+        )
         connecting.addTimeout(self.relay.connect_timeout, self.relay.clock)
         connecting.addErrback(self._backend_failed)
         self._connecting = connecting
@@ -384,7 +382,7 @@ class RelayProtocol(_End):
         first = backend if getattr(backend, "lost_first", False) else self
         reason = first.lost
         assert reason is not None
-        clean = bool(isinstance(reason.value, error.ConnectionDone))
+        clean = isinstance(reason.value, error.ConnectionDone)
         stats = self.relay.stats
         stats["closed_clean" if clean else "closed_error"] += 1
         stats["bytes_up"] += self.received
