@@ -34,7 +34,7 @@ from txcmux.matchers import EMPTY_SETTINGS, PREFACE
 from txcmux.relay import RelayFactory, RelayProtocol
 
 from .grpc_support import service
-from .grpc_support.net import listen, wait_until
+from .grpc_support.net import listen, tool, wait_until
 from .grpc_support.service import MESSAGE_OPTIONS, MIB, Stub
 from .grpc_support.strict_h2 import StrictGrpcFactory
 from .logs import captured_logs
@@ -233,6 +233,7 @@ class GrpcTests(unittest.TestCase):
     # -- one port, three protocols ---------------------------------------------
 
     async def test_grpc_web_and_echo_on_one_port_at_the_same_time(self) -> None:
+        curl = tool("curl")
         site = server.Site(Hello())
         _, relay, mux, port = await self.serve(
             Route("web", matchers.http1(), site),
@@ -264,7 +265,7 @@ class GrpcTests(unittest.TestCase):
         await in_thread(lambda: streaming.wait(20))
 
         web = getProcessOutputAndValue(
-            "/usr/bin/curl",
+            curl,
             ["-sS", "--max-time", "10", "--http1.1", f"http://127.0.0.1:{number}/"],
         )
         echo_client = EchoClient(b"ECHO are you there?")
@@ -461,10 +462,10 @@ class GrpcTests(unittest.TestCase):
         os.close(handle)
         number = port.getHost().port  # type: ignore[attr-defined]
         out, err, code = await getProcessOutputAndValue(
-            "/usr/bin/timeout",
+            tool("timeout"),
             [
                 "30",
-                "h2load",
+                tool("h2load"),
                 "-n",
                 "400",
                 "-c",

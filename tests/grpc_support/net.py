@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,3 +41,11 @@ async def wait_until(
 def buffered(transport: Any) -> int:
     """Bytes a tcp/unix transport holds in its write buffer."""
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def tool(name: str) -> str:
+    """The path of a client program; the test is skipped if it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        raise unittest.SkipTest(f"{name} is not installed")
+    return path
