@@ -572,6 +572,8 @@ class GrpcTests(unittest.TestCase):
         assert directory is not None and path is not None
         self.assertEqual(stat.S_IMODE(os.stat(directory).st_mode), 0o700)
         self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
+        grpc_server.startService()  # a second start changes nothing
+        self.assertEqual(grpc_server.socket_path, path)
         await grpc_server.stopService()
         self.assertFalse(os.path.exists(directory))
         self.assertIsNone(grpc_server.socket_path)

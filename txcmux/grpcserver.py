@@ -145,7 +145,9 @@ class GrpcServer(Service):
         return os.path.join(self._directory, "grpc.sock")
 
     def startService(self) -> None:
-        """Create, fill, bind and start the grpcio server."""
+        """Create, fill, bind and start the grpcio server (once)."""
+        if self._server is not None:
+            return
         directory = tempfile.mkdtemp(prefix="txcmux-grpc-")
         os.chmod(directory, 0o700)
         path = os.path.join(directory, "grpc.sock")
