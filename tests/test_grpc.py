@@ -516,6 +516,25 @@ class GrpcTests(unittest.TestCase):
         self.assertEqual(strict.acks, [1, 1])
         self.assertEqual(strict.protocol_errors, 0)
 
+        # h2load sends its request before any SETTINGS arrive, so the
+        # detector hands over first and removes the ACK on the way through.
+        message = b"\x00\x00\x00\x00\x06strict"
+        handle, body = tempfile.mkstemp(suffix=".grpc")
+        self.addCleanup(os.unlink, body)
+        os.write(handle, message)
+        os.close(handle)
+        url = f"http://127.0.0.1:{port.getHost().port}/x.Y/Z"  # type: ignore[attr-defined]
+        grpc_headers = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+        load = ["-n", "20", "-c", "2", "-m", "5", *grpc_headers, "-d", body, url]
+        out, err, code = await getProcessOutputAndValue(
+            tool("timeout"), ["30", tool("h2load"), *load]
+        )
+        self.assertEqual(code, 0, out + err)
+        self.assertIn(b"20 succeeded, 0 failed, 0 errored", out, out + err)
+        await wait_until(lambda: len(strict.acks) == 4)
+        self.assertEqual(strict.acks, [1, 1, 1, 1])
+        self.assertEqual(strict.protocol_errors, 0)
+
     async def test_strict_backend_does_reject_a_stray_ack(self) -> None:
         """The control for the test above: a leaked ACK is caught."""
         strict = StrictGrpcFactory()
