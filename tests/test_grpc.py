@@ -598,6 +598,21 @@ class GrpcTests(unittest.TestCase):
         self.assertIsNone(grpc_server.socket_path)
         self.assertFalse(grpc_server.running)
 
+    async def test_directory_goes_even_if_the_process_ends_unstopped(self) -> None:
+        program = (
+            "from txcmux.grpcserver import GrpcServer\n"
+            "server = GrpcServer([], grace=0)\n"
+            "server.startService()\n"
+            "print(server.directory)\n"
+        )
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-c", program], env=dict(os.environ)
+        )
+        self.assertEqual(code, 0, err)
+        directory = out.decode().strip()
+        self.assertTrue(directory.startswith(tempfile.gettempdir()), out + err)
+        self.assertFalse(os.path.exists(directory))
+
     async def test_failing_add_services_leaves_nothing_behind(self) -> None:
         made: list[str] = []
 

@@ -35,6 +35,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -131,6 +132,7 @@ class GrpcServer(Service):
         self._server: grpc.Server | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._directory: str | None = None
+        self._leftover: weakref.finalize[Any, Any] | None = None
 
     @property
     def directory(self) -> str | None:
@@ -177,6 +179,9 @@ class GrpcServer(Service):
             shutil.rmtree(directory, ignore_errors=True)
             raise
         self._server, self._executor, self._directory = server, executor, directory
+        # Should the process end without stopService, remove the directory
+        # at exit all the same.
+        self._leftover = weakref.finalize(self, shutil.rmtree, directory, True)
         super().startService()  # type: ignore[no-untyped-call]
         _log.info("txcmux: in-process gRPC server listening on unix:{path}", path=path)
 
@@ -186,6 +191,9 @@ class GrpcServer(Service):
         server, self._server = self._server, None
         executor, self._executor = self._executor, None
         directory, self._directory = self._directory, None
+        if self._leftover is not None:
+            self._leftover.detach()  # removed below, once grpcio has stopped
+            self._leftover = None
         if server is None:
             return succeed(None)
         stopped: Deferred[None] = Deferred()
