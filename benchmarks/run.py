@@ -1,0 +1,680 @@
+"""Run the benchmark suite: each scenario through txcmux and direct, interleaved.
+
+::
+
+    python -m benchmarks                          # 5 rounds x 5 s per side
+    python -m benchmarks --quick                  # 1 round x ~1 s: a smoke run
+    python -m benchmarks --only h2c,grpc-unary --rounds 7 --seconds 3
+    python -m benchmarks --chart ratios.png --json results.json
+
+For each scenario both servers (the txcmux port and the direct one) are
+started once, as separate processes; then, round after round, the load
+generator runs against the direct server and against txcmux in turn
+(A B A B ...).  The table shows, per side, the median over the rounds with
+the minimum and maximum, and the ratio of the medians (txcmux / direct).
+After the ratios come the absolute costs: the latency a decision adds to a
+connection, and the memory of silent connections while they are sniffed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+if __package__ in (None, ""):  # run as a file: python benchmarks/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.grpc_service import UNARY, grpc_frame
+
+PYTHON = sys.executable
+MIB = 1024 * 1024
+
+
+class BenchError(Exception):
+    """A measurement that produced no trustworthy number."""
+
+
+# -- processes ---------------------------------------------------------------
+
+
+class Server:
+    """One ``benchmarks.server`` process; ``port`` once it listens."""
+
+    def __init__(self, scenario: str, mode: str, *extra: str, log: IO[str]) -> None:
+        self.name = f"{scenario}/{mode}"
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "benchmarks.server", scenario, mode, *extra],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        line = self._line(timeout=60)
+        self.port: int = json.loads(line)["port"]
+
+    def _line(self, timeout: float) -> str:
+        assert self.process.stdout is not None
+        import select
+
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if not line:
+            raise BenchError(f"server {self.name} said nothing (see the log)")
+        return line
+
+    def stats(self) -> dict[str, Any]:
+        """The server's ``stats`` answer: rss_kib, switch counters, ..."""
+        assert self.process.stdin is not None
+        self.process.stdin.write("stats\n")
+        self.process.stdin.flush()
+        answer: dict[str, Any] = json.loads(self._line(timeout=30))
+        return answer
+
+    def close(self) -> None:
+        """End of input, then a bounded wait; killed if it lingers."""
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def run_tool(command: Sequence[str], timeout: float) -> str:
+    """Run a load generator to completion; its stdout (stderr on failure)."""
+    try:
+        done = subprocess.run(
+            list(command), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as error:
+        raise BenchError(f"{command[0]} ran over {timeout:.0f} s") from error
+    if done.returncode != 0:
+        raise BenchError(
+            f"{' '.join(command)} exited {done.returncode}: "
+            f"{(done.stderr or done.stdout).strip()[-500:]}"
+        )
+    return done.stdout
+
+
+def run_client(*args: str, timeout: float) -> dict[str, Any]:
+    """Run ``python -m benchmarks.clients ...``; its JSON result."""
+    output = run_tool([PYTHON, "-m", "benchmarks.clients", *args], timeout)
+    result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
+# -- load generators -----------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    """How long and how hard to measure."""
+
+    seconds: float = 5.0
+    rounds: int = 5
+    warmup: float = 1.0
+    bulk_bytes: int = 1024 * MIB
+    connections: int = 32
+    idle_connections: int = 10_000
+    probes: int = 2000
+    workdir: str = ""
+
+
+def wrk(port: int, s: Settings, close: bool = False) -> float:
+    """Requests per second from wrk (HTTP/1.1)."""
+    command = ["wrk", "-t1", f"-c{s.connections}", f"-d{max(1, round(s.seconds))}s"]
+    if close:
+        command += ["-H", "Connection: close"]
+    output = run_tool([*command, f"http://127.0.0.1:{port}/"], s.seconds + 30)
+    rate = None
+    for line in output.splitlines():
+        if line.startswith("Requests/sec:"):
+            rate = float(line.split()[1])
+        bad = line.strip()
+        if ("Non-2xx" in bad or bad.startswith("Socket errors")) and not (
+            close and _only_closes(bad)
+        ):
+            raise BenchError(f"wrk reported: {bad}")
+    if rate is None:
+        raise BenchError(f"no Requests/sec in wrk's output: {output[-300:]}")
+    return rate
+
+
+def _only_closes(line: str) -> bool:
+    """wrk's socket-error line counts only read/write errors of closed sockets."""
+    fields = line.replace(",", "").split()
+    counts = {fields[i]: fields[i + 1] for i in range(2, len(fields) - 1, 2)}
+    return counts.get("connect", "0") == "0" and counts.get("timeout", "0") == "0"
+
+
+def h2load(
+    port: int, s: Settings, *extra: str, url: str = "", tls: bool = False
+) -> float:
+    """Requests per second from h2load (HTTP/2)."""
+    scheme = "https" if tls else "http"
+    target = f"{scheme}://127.0.0.1:{port}{url or '/'}"
+    command = ["h2load", *extra, "-D", str(max(1, round(s.seconds))), target]
+    output = run_tool(command, s.seconds + 30)
+    rate = None
+    counts: dict[str, int] = {}
+    bad_status = -1
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith("finished in"):
+            rate = float(line.split(",")[1].split()[0])
+        elif line.startswith("requests:"):
+            parts = line.removeprefix("requests:").replace(",", "").split()
+            counts = {parts[i + 1]: int(parts[i]) for i in range(0, len(parts) - 1, 2)}
+        elif line.startswith("status codes:"):
+            parts = line.removeprefix("status codes:").replace(",", "").split()
+            bad_status = sum(int(parts[i]) for i in range(2, len(parts) - 1, 2))
+    problems = counts.get("failed", 1) + counts.get("errored", 1)
+    problems += counts.get("timeout", 1) + bad_status
+    if rate is None or problems or counts.get("succeeded") != counts.get("done"):
+        raise BenchError(f"h2load failed or saw errors: {output[-600:]}")
+    return rate
+
+
+# -- scenarios -----------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    """One comparison: a server kind, its two modes, and how to load them."""
+
+    name: str
+    title: str
+    unit: str
+    target: float
+    server: str
+    direct_mode: str
+    through_mode: str
+    measure: Callable[[int, Settings], float]
+    shared_backend: bool = False  # the direct server is also txcmux's backend
+
+
+def _grpc_unary(port: int, s: Settings) -> float:
+    body = Path(s.workdir, "unary.bin")
+    if not body.exists():
+        body.write_bytes(grpc_frame(b"\x42" * 100))
+    return h2load(
+        port, s, "-c4", "-m16", "-d", str(body),
+        "-H", "content-type: application/grpc", "-H", "te: trailers",
+        url=UNARY,
+    )  # fmt: skip
+
+
+def _grpc_bidi(port: int, s: Settings) -> float:
+    result = run_client(
+        "bidi", str(port), "--seconds", str(s.seconds), "--streams", "4",
+        timeout=s.seconds + 90,
+    )  # fmt: skip
+    if result["errors"] or not result["bytes"]:
+        raise BenchError(f"bidi client: {result}")
+    return float(result["bytes"]) / float(result["seconds"]) / MIB
+
+
+def _bulk(port: int, s: Settings) -> float:
+    result = run_client("bulk", str(port), str(s.bulk_bytes), timeout=300)
+    if not result["ok"]:
+        raise BenchError(f"bulk transfer incomplete: {result}")
+    return float(result["bytes"]) / float(result["seconds"]) / MIB
+
+
+SCENARIOS = [
+    Scenario(
+        "http1-keepalive", "HTTP/1.1 keep-alive, small responses (wrk -c32)",
+        "req/s", 0.97, "web", "direct", "mux",
+        lambda port, s: wrk(port, s),
+    ),
+    Scenario(
+        "http1-close", "HTTP/1.1, one request per connection (wrk, Connection: close)",
+        "req/s", 0.90, "web", "direct", "mux",
+        lambda port, s: wrk(port, s, close=True),
+    ),
+    Scenario(
+        "h2c", "h2c, 4 connections x 32 streams (h2load)",
+        "req/s", 0.95, "h2c", "direct", "mux",
+        lambda port, s: h2load(port, s, "-c4", "-m32"),
+    ),
+    Scenario(
+        "https-h2", "HTTPS h2 via the TLS route, 4 x 32 streams (h2load)",
+        "req/s", 0.95, "https", "direct", "mux",
+        lambda port, s: h2load(port, s, "-c4", "-m32", tls=True),
+    ),
+    Scenario(
+        "grpc-unary", "gRPC unary, 100 B, 64 concurrent (h2load), relay to grpcio",
+        "req/s", 0.90, "grpc", "direct", "mux", _grpc_unary, shared_backend=True,
+    ),
+    Scenario(
+        "grpc-unary-inprocess",
+        "gRPC unary, 100 B, 64 concurrent (h2load), in-process GrpcServer",
+        "req/s", 0.90, "grpc", "direct", "mux-inprocess", _grpc_unary,
+    ),
+    Scenario(
+        "grpc-bidi", "gRPC bidi streaming, 64 KiB messages, 4 streams (grpcio client)",
+        "MiB/s", 0.90, "grpc", "direct", "mux", _grpc_bidi, shared_backend=True,
+    ),
+    Scenario(
+        "relay-bulk", "relay bulk transfer, one connection (1 GiB)",
+        "MiB/s", 0.50, "relay", "sink", "mux", _bulk, shared_backend=True,
+    ),
+]  # fmt: skip
+
+
+@dataclass
+class Result:
+    """The measurements of one scenario: one value per round and side."""
+
+    scenario: Scenario
+    direct: list[float] = field(default_factory=list)
+    through: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.direct or not self.through:
+            return None
+        return statistics.median(self.through) / statistics.median(self.direct)
+
+    @property
+    def round_ratios(self) -> list[float]:
+        return [t / d for d, t in zip(self.direct, self.through, strict=False) if d]
+
+    def as_dict(self) -> dict[str, Any]:
+        sc = self.scenario
+        return {
+            "name": sc.name,
+            "title": sc.title,
+            "unit": sc.unit,
+            "target": sc.target,
+            "direct": self.direct,
+            "through": self.through,
+            "ratio": self.ratio,
+            "round_ratios": self.round_ratios,
+            "met": None if self.ratio is None else self.ratio >= sc.target,
+            "error": self.error,
+        }
+
+
+def measure(scenario: Scenario, s: Settings, log: IO[str]) -> Result:
+    """Start both servers, warm them, then measure A B A B ... for the rounds."""
+    result = Result(scenario)
+    servers: list[Server] = []
+    try:
+        direct = Server(scenario.server, scenario.direct_mode, log=log)
+        servers.append(direct)
+        extra = ("--backend", str(direct.port)) if scenario.shared_backend else ()
+        through = Server(scenario.server, scenario.through_mode, *extra, log=log)
+        servers.append(through)
+        if s.warmup:
+            short = Settings(**{**s.__dict__, "seconds": s.warmup})
+            short.bulk_bytes = min(s.bulk_bytes, 64 * MIB)
+            scenario.measure(direct.port, short)
+            scenario.measure(through.port, short)
+        for _ in range(s.rounds):
+            result.direct.append(scenario.measure(direct.port, s))
+            result.through.append(scenario.measure(through.port, s))
+    except BenchError as error:
+        result.error = str(error)
+    finally:
+        for server in reversed(servers):
+            server.close()
+    return result
+
+
+# -- absolute costs ----------------------------------------------------------------
+
+
+def _percentiles(samples: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    if not ordered:
+        return {"n": 0}
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return {"n": len(ordered), "median": statistics.median(ordered), "p99": p99}
+
+
+def handoff_latency(s: Settings, log: IO[str]) -> dict[str, Any]:
+    """How long a decision takes, in-process and as a client sees it."""
+    mux = Server("handoff", "mux", log=log)
+    direct = Server("handoff", "direct", log=log)
+    in_process: dict[str, list[int]] = {}
+    try:
+        client: dict[str, list[int]] = {"direct": [], "mux": []}
+        batch = max(1, s.probes // 4)
+        for server in (direct, mux):  # first requests import lazily: not counted
+            run_client("probe", str(server.port), "--count", "20", timeout=60)
+        for _ in range(4):  # interleaved batches, as for the ratios
+            for name, server in (("direct", direct), ("mux", mux)):
+                got = run_client(
+                    "probe", str(server.port), "--kind", "http1",
+                    "--count", str(batch), timeout=120,
+                )  # fmt: skip
+                client[name] += got["latency_ns"]
+        seen = mux.stats()["handoff_ns"]
+        in_process["HTTP/1.1 GET -> web"] = seen["web"]
+        for kind, route, label in (
+            ("h2c", "web", "h2c GET -> web"),
+            ("tls", "tls", "TLS ClientHello -> tls"),
+        ):
+            run_client(
+                "probe", str(mux.port), "--kind", kind, "--count", str(batch),
+                timeout=120,
+            )  # fmt: skip
+            now = mux.stats()["handoff_ns"]
+            in_process[label] = now[route][len(seen[route]) :]
+            seen = now
+    finally:
+        mux.close()
+        direct.close()
+    return {
+        "in_process_us": {
+            label: _percentiles([n / 1000 for n in samples])
+            for label, samples in in_process.items()
+        },
+        "client_http1_us": {
+            name: _percentiles([n / 1000 for n in samples])
+            for name, samples in client.items()
+        },
+    }
+
+
+def idle_memory(s: Settings, log: IO[str]) -> dict[str, Any]:
+    """RSS per silent connection while ``idle_connections`` are sniffed."""
+    count = s.idle_connections
+    mux = Server("web", "mux", "--sniff-timeout", "600", log=log)
+    holder: subprocess.Popen[str] | None = None
+    try:
+        before_probe = run_client("probe", str(mux.port), "--count", "200", timeout=120)
+        before = mux.stats()
+        holder = subprocess.Popen(
+            [PYTHON, "-m", "benchmarks.clients", "idle", str(mux.port), str(count),
+             "--hold", "300"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        assert holder.stdout is not None
+        opened = json.loads(holder.stdout.readline() or '{"open": 0}')["open"]
+        if opened != count:
+            raise BenchError(f"only {opened} of {count} idle connections opened")
+        wanted = before["switch"].get("accepted", 0) + count
+        deadline = time.monotonic() + 60
+        during = mux.stats()
+        while during["switch"].get("accepted", 0) < wanted:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the server accepted only {during['switch']}")
+            time.sleep(0.2)
+            during = mux.stats()
+        probe = run_client("probe", str(mux.port), "--count", "200", timeout=120)
+        after = mux.stats()
+        undecided = (
+            after["switch"].get("accepted", 0)
+            - sum(v for k, v in after["switch"].items() if k.startswith("routed."))
+            - sum(v for k, v in after["switch"].items() if k.startswith("closed."))
+        )
+    finally:
+        if holder is not None:
+            if holder.stdin is not None:
+                holder.stdin.close()
+            holder.wait(timeout=60)
+        mux.close()
+    delta = during["rss_kib"] - before["rss_kib"]
+    return {
+        "connections": count,
+        "undecided_at_end": undecided,
+        "rss_before_kib": before["rss_kib"],
+        "rss_during_kib": during["rss_kib"],
+        "bytes_per_connection": delta * 1024 / count,
+        "probe_alone_us": _percentiles([n / 1000 for n in before_probe["latency_ns"]]),
+        "probe_during_us": _percentiles([n / 1000 for n in probe["latency_ns"]]),
+        "probe_failures": probe["failures"],
+    }
+
+
+# -- output ----------------------------------------------------------------------
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def _side(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    return (
+        f"{_fmt(statistics.median(values))} ({_fmt(min(values))}-{_fmt(max(values))})"
+    )
+
+
+def table(results: Sequence[Result]) -> str:
+    """The ratio table, as Markdown."""
+    lines = [
+        "| scenario | unit | direct: median (min-max) | txcmux: median (min-max)"
+        " | ratio (per-round min-max) | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        sc = r.scenario
+        if r.ratio is None:
+            lines.append(
+                f"| {sc.name} | {sc.unit} | {_side(r.direct)} | {_side(r.through)}"
+                f" | error: {r.error} | {sc.target:.2f} | no |"
+            )
+            continue
+        ratios = r.round_ratios
+        lines.append(
+            f"| {sc.name} | {sc.unit} | {_side(r.direct)} | {_side(r.through)}"
+            f" | **{r.ratio:.3f}** ({min(ratios):.3f}-{max(ratios):.3f})"
+            f" | >= {sc.target:.2f} | {'yes' if r.ratio >= sc.target else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def costs_text(latency: dict[str, Any] | None, memory: dict[str, Any] | None) -> str:
+    """The absolute costs, as Markdown."""
+    out: list[str] = []
+    if latency is not None:
+        out.append("Added latency per decided connection (first byte read to the")
+        out.append("route target's first dataReceived, in-process, microseconds):")
+        out.append("")
+        out.append("| first bytes -> route | n | median | p99 |")
+        out.append("|---|---|---|---|")
+        for label, p in latency["in_process_us"].items():
+            if p["n"]:
+                out.append(
+                    f"| {label} | {p['n']} | {p['median']:.1f} | {p['p99']:.1f} |"
+                )
+        out.append("")
+        out.append("Connect + request + full response, HTTP/1.1, one connection each")
+        out.append("(client side, microseconds):")
+        out.append("")
+        out.append("| server | n | median | p99 |")
+        out.append("|---|---|---|---|")
+        for name, p in latency["client_http1_us"].items():
+            if p["n"]:
+                out.append(
+                    f"| {name} | {p['n']} | {p['median']:.1f} | {p['p99']:.1f} |"
+                )
+        out.append("")
+    if memory is not None:
+        m = memory
+        out.append(
+            f"Memory per silent connection: {m['bytes_per_connection']:,.0f} bytes"
+            f" (RSS {m['rss_before_kib']:,} KiB -> {m['rss_during_kib']:,} KiB with"
+            f" {m['connections']:,} connections sniffing; {m['undecided_at_end']:,}"
+            " still undecided at the end)."
+        )
+        alone, during = m["probe_alone_us"], m["probe_during_us"]
+        out.append(
+            f"HTTP/1.1 requests meanwhile (new connection each): median"
+            f" {during.get('median', 0):.0f} us, p99 {during.get('p99', 0):.0f} us"
+            f" (without the silent connections: median"
+            f" {alone.get('median', 0):.0f} us, p99 {alone.get('p99', 0):.0f} us);"
+            f" {m['probe_failures']} failed."
+        )
+    return "\n".join(out)
+
+
+def chart(results: Sequence[Result], path: str, note: str) -> bool:
+    """A bar chart of the ratios with their targets; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    done = [r for r in results if r.ratio is not None]
+    names = [r.scenario.name for r in done]
+    ratios = [r.ratio or 0.0 for r in done]
+    low = [r.ratio - min(r.round_ratios) for r in done if r.ratio is not None]
+    high = [max(r.round_ratios) - r.ratio for r in done if r.ratio is not None]
+    colours = [
+        "#3a7d44" if r.ratio is not None and r.ratio >= r.scenario.target else "#c0392b"
+        for r in done
+    ]
+    figure, axes = plt.subplots(figsize=(8, 0.5 * len(done) + 1.4), dpi=100)
+    rows = range(len(done))
+    axes.barh(rows, ratios, xerr=[low, high], color=colours, capsize=3)
+    for row, r in zip(rows, done, strict=True):
+        axes.plot([r.scenario.target] * 2, [row - 0.4, row + 0.4], color="black", lw=2)
+        axes.text((r.ratio or 0) + 0.02, row, f"{r.ratio:.2f}", va="center", size=8)
+    axes.axvline(1.0, color="grey", lw=0.8, ls="--")
+    axes.set_yticks(list(rows), names, size=8)
+    axes.invert_yaxis()
+    axes.set_xlim(0, max([1.2, *[(r.ratio or 0) + 0.2 for r in done]]))
+    axes.set_xlabel("throughput through txcmux / direct (median of rounds);"
+                    " black tick: target")  # fmt: skip
+    axes.set_title(note, size=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="1 round, ~1 s each")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--seconds", type=float, help="per measurement")
+    parser.add_argument("--only", help="comma-separated scenario names (or 'costs')")
+    parser.add_argument("--skip-costs", action="store_true")
+    parser.add_argument("--chart", help="write the ratio chart (PNG) here")
+    parser.add_argument("--json", help="write every number (JSON) here")
+    parser.add_argument(
+        "--log", default=None, help="the servers' stderr (default: a temp file)"
+    )
+    args = parser.parse_args(argv)
+
+    s = Settings()
+    if args.quick:
+        s = Settings(
+            seconds=1.0, rounds=1, warmup=0.0, bulk_bytes=64 * MIB,
+            idle_connections=1000, probes=200,
+        )  # fmt: skip
+    if args.rounds is not None:
+        s.rounds = args.rounds
+    if args.seconds is not None:
+        s.seconds = args.seconds
+    wanted = set(args.only.split(",")) if args.only else None
+    known = {sc.name for sc in SCENARIOS} | {"costs"}
+    if wanted and wanted - known:
+        parser.error(f"unknown scenario(s): {', '.join(sorted(wanted - known))}")
+    missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
+    if missing:
+        print(f"missing load generators: {', '.join(missing)}", file=sys.stderr)
+        return 2
+
+    s.workdir = tempfile.mkdtemp(prefix="txcmux-bench-run-")
+    log_path = args.log or os.path.join(s.workdir, "servers.log")
+    started = time.time()
+    load_before = load_average()
+    print(f"load average before: {load_before}; {os.cpu_count()} CPUs", flush=True)
+    results: list[Result] = []
+    with open(log_path, "a") as log:
+        for scenario in SCENARIOS:
+            if wanted and scenario.name not in wanted:
+                continue
+            result = measure(scenario, s, log)
+            results.append(result)
+            print(
+                f"  {scenario.name}: direct {result.direct} txcmux {result.through}"
+                + (f" ERROR {result.error}" if result.error else ""),
+                flush=True,
+            )
+        latency = memory = None
+        if not args.skip_costs and (wanted is None or "costs" in wanted):
+            try:
+                latency = handoff_latency(s, log)
+                memory = idle_memory(s, log)
+            except BenchError as error:
+                print(f"  costs: ERROR {error}", flush=True)
+    load_after = load_average()
+    print()
+    print(table(results))
+    print()
+    print(costs_text(latency, memory))
+    print()
+    note = (
+        f"{s.rounds} rounds x {s.seconds:g} s, load before {load_before},"
+        f" after {load_after}, {os.cpu_count()} CPUs"
+    )
+    print(f"{note}; {time.time() - started:.0f} s in all; server log: {log_path}")
+    if args.chart:
+        if chart(results, args.chart, note):
+            print(f"chart: {args.chart}")
+        else:
+            print("chart skipped: matplotlib is not installed")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "settings": {k: v for k, v in s.__dict__.items() if k != "workdir"},
+                    "load_before": load_before,
+                    "load_after": load_after,
+                    "results": [r.as_dict() for r in results],
+                    "latency": latency,
+                    "memory": memory,
+                },
+                indent=1,
+            )
+        )
+    failed = [r.scenario.name for r in results if r.ratio is None]
+    if (
+        latency is None
+        and memory is None
+        and not args.skip_costs
+        and (wanted is None or "costs" in wanted)
+    ):
+        failed.append("costs")
+    if failed:
+        print(f"no number for: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
