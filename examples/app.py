@@ -70,13 +70,15 @@ def serve(reactor: object, port: str):  # type: ignore[no-untyped-def]
         reactor, f"tcp:{port}:interface=127.0.0.1"
     ).listen(mux)
     print(f"listening on 127.0.0.1:{listening.getHost().port}", flush=True)
-    stopped: defer.Deferred[None] = defer.Deferred()
-    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
-        "before", "shutdown", lambda: stopped.callback(None)
-    )
-    yield stopped
-    yield listening.stopListening()
-    yield greeter.stopService()
+
+    def stop() -> defer.Deferred[object]:
+        # Returning the Deferred makes the reactor wait for both before it stops.
+        return defer.gatherResults(
+            [defer.maybeDeferred(listening.stopListening), greeter.stopService()]
+        )
+
+    reactor.addSystemEventTrigger("before", "shutdown", stop)  # type: ignore[attr-defined]
+    yield defer.Deferred()  # serve until the reactor is stopped (Ctrl-C, SIGTERM)
 
 
 def call(port: str) -> None:
