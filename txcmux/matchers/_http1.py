@@ -8,6 +8,7 @@ is accepted where CRLF is expected (RFC 9112 section 2.2 allows it).
 
 from __future__ import annotations
 
+from ._simple import prefix_verdict
 from ._verdict import MATCH, NEED_MORE, NO_MATCH, FunctionMatcher, Verdict
 
 # RFC 9110 section 5.6.2: tchar.
@@ -49,17 +50,11 @@ def http1_fast(*extra_methods: bytes | str) -> FunctionMatcher:
             raise ValueError(f"http1_fast(): {method!r} is not an HTTP method token")
         methods.append(raw)
     starts = tuple(m + b" " for m in methods)
-
-    def verdict(data: bytes) -> Verdict:
-        waiting = False
-        for start in starts:
-            if data.startswith(start):
-                return MATCH
-            if start.startswith(data):
-                waiting = True
-        return NEED_MORE if waiting else NO_MATCH
-
-    return FunctionMatcher("http1_fast", max(len(s) for s in starts), verdict)
+    return FunctionMatcher(
+        "http1_fast",
+        max(len(s) for s in starts),
+        lambda data: prefix_verdict(starts, data),
+    )
 
 
 def _line_end(data: bytes, start: int) -> tuple[int, int] | None:

@@ -13,7 +13,8 @@ def any_() -> FunctionMatcher:
     return FunctionMatcher("any", 0, lambda data: MATCH)
 
 
-def _prefix_verdict(values: tuple[bytes, ...], data: bytes) -> Verdict:
+def prefix_verdict(values: tuple[bytes, ...], data: bytes) -> Verdict:
+    """Match if ``data`` starts with a value; need more while it may still."""
     waiting = False
     for value in values:
         if data.startswith(value):
@@ -37,7 +38,7 @@ def prefix(*values: bytes) -> FunctionMatcher:
     frozen = tuple(values)
     name = "prefix(" + ", ".join(repr(v) for v in frozen) + ")"
     return FunctionMatcher(
-        name, max(len(v) for v in frozen), lambda data: _prefix_verdict(frozen, data)
+        name, max(len(v) for v in frozen), lambda data: prefix_verdict(frozen, data)
     )
 
 
@@ -57,5 +58,5 @@ def ssh() -> FunctionMatcher:
     return FunctionMatcher(
         "ssh",
         max(len(v) for v in _SSH_IDENTS),
-        lambda data: _prefix_verdict(_SSH_IDENTS, data),
+        lambda data: prefix_verdict(_SSH_IDENTS, data),
     )
