@@ -21,9 +21,17 @@ setup(
         "grpcio>=1.60",
         "grpcio-health-checking>=1.60",
         "grpcio-reflection>=1.60",
+        "protobuf>=4.21",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6", "mypy>=1.10", "ruff>=0.5"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.2",
+            "hypothesis>=6",
+            "mypy>=1.10",
+            "mypy-zope>=1.0",
+            "ruff>=0.5",
+        ],
     },
     entry_points={
         "txcmux.matchers": [
