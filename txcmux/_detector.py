@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 _log = Logger(namespace="txcmux")
 _SHOWN_BYTES = 32
+# Enum members read once: a class attribute lookup on an Enum is slow.
+_MATCH = Outcome.MATCH
+_NEED_MORE = Outcome.NEED_MORE
 
 
 def describe_peer(address: IAddress | None) -> str:
@@ -69,12 +72,12 @@ class Detector(Protocol):
     # -- events from the transport -------------------------------------------
 
     def connectionMade(self) -> None:
-        self._switch.stats["accepted"] += 1
-        if self._switch.sniff_timeout is not None:
-            self._timer = self._switch.clock.callLater(
-                self._switch.sniff_timeout, self._timed_out
-            )
-        self._decide()
+        switch = self._switch
+        switch.stats["accepted"] += 1
+        if switch.sniff_timeout is not None:
+            self._timer = switch.clock.callLater(switch.sniff_timeout, self._timed_out)
+        if not switch._undecided_without_data:
+            self._decide()
 
     def dataReceived(self, data: bytes) -> None:
         if self._target is not None:
@@ -124,17 +127,18 @@ class Detector(Protocol):
             if index in self._dead:
                 continue
             verdict = route.verdict(data)
-            if verdict.outcome is Outcome.MATCH:
+            outcome = verdict.outcome
+            if outcome is _MATCH:
                 if not pending:
                     self._hand_over(route, eof)
                     return
                 break  # an earlier route may still match; none later can win
-            if verdict.outcome is Outcome.NEED_MORE and not final:
+            if outcome is _NEED_MORE and not final:
                 pending = True
                 if verdict.send:
                     sends.append(verdict.send)
             else:
-                undecided_at_limit |= verdict.outcome is Outcome.NEED_MORE
+                undecided_at_limit |= outcome is _NEED_MORE
                 self._dead.add(index)
         if not pending:
             if undecided_at_limit and full:
@@ -146,6 +150,11 @@ class Detector(Protocol):
             else:
                 self._reject("no_match", "no route matched")
             return
+        if not data and not sends and not self._dead:
+            # Matchers are pure functions of the bytes: with none, every
+            # connection is undecided and has nothing to send.  Later
+            # connections of this factory need not ask at connectionMade.
+            self._switch._undecided_without_data = True
         for send in sends:
             if send not in self._sent:
                 self._sent.append(send)
@@ -168,7 +177,8 @@ class Detector(Protocol):
     def _hand_over(self, route: Route, eof: bool) -> None:
         """Give the transport to ``route``'s protocol and replay the buffer once."""
         self._cancel_timer()
-        protocol = route.factory.buildProtocol(self._peer())
+        peer = self._peer()
+        protocol = route.factory.buildProtocol(peer)
         if protocol is None:
             self._reject(
                 "no_protocol", f"the factory of route {route.name!r} returned None"
@@ -180,7 +190,7 @@ class Detector(Protocol):
         self._switch.stats["routed." + route.name] += 1
         _log.debug(
             "txcmux: {peer} -> route {route} after {size} bytes",
-            peer=describe_peer(self._peer()),
+            peer=describe_peer(peer),
             route=route.name,
             size=len(buffered),
         )
@@ -192,7 +202,7 @@ class Detector(Protocol):
                 self._stripper = stripper
         receiver = IHandoffReceiver(protocol, None)
         if receiver is not None:
-            receiver.handoff_received(Handoff(route.name, self._peer(), buffered, sent))
+            receiver.handoff_received(Handoff(route.name, peer, buffered, sent))
         self._target = protocol
         if self._stripper is None:
             install(self.transport, self, protocol)

@@ -112,6 +112,9 @@ class ProtocolSwitchingFactory(Factory):
         self.on_error = on_error
         self.clock: IReactorTime = clock
         self.stats: Counter[str] = Counter()
+        # Set by the first detector that finds every route undecided (and
+        # silent) on no bytes at all: later ones skip that first question.
+        self._undecided_without_data = False
 
     def route(self, name: str) -> Route:
         """The route called ``name``."""

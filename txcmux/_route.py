@@ -11,6 +11,9 @@ from twisted.logger import Logger
 from .matchers._verdict import MATCH, NEED_MORE, NO_MATCH, Matcher, Outcome, Verdict
 
 _log = Logger()
+# Enum members read once: a class attribute lookup on an Enum is slow.
+_MATCH = Outcome.MATCH
+_NEED_MORE = Outcome.NEED_MORE
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,7 +65,7 @@ class Route:
         A matcher that raises, or that asks for more than its own bound, is
         taken to have answered ``NO_MATCH``.
         """
-        waiting: list[bytes] = []
+        waiting: list[bytes] | None = None
         for matcher in self.matchers:
             try:
                 answer = matcher(data)
@@ -74,14 +77,18 @@ class Route:
                     route=self.name,
                 )
                 continue
-            if answer.outcome is Outcome.MATCH:
+            outcome = answer.outcome
+            if outcome is _MATCH:
                 return MATCH
-            if answer.outcome is Outcome.NEED_MORE and len(data) < matcher.max_bytes:
-                waiting.append(answer.send)
-        if not waiting:
+            if outcome is _NEED_MORE and len(data) < matcher.max_bytes:
+                if waiting is None:
+                    waiting = [answer.send]
+                else:
+                    waiting.append(answer.send)
+        if waiting is None:
             return NO_MATCH
-        send = b"".join(dict.fromkeys(waiting))
-        return Verdict(Outcome.NEED_MORE, send) if send else NEED_MORE
+        send = waiting[0] if len(waiting) == 1 else b"".join(dict.fromkeys(waiting))
+        return Verdict(_NEED_MORE, send) if send else NEED_MORE
 
     def __repr__(self) -> str:
         return f"<Route {self.name}: {' | '.join(m.name for m in self.matchers)}>"
