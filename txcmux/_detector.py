@@ -188,12 +188,6 @@ class Detector(Protocol):
         self._buffer = bytearray()
         sent = b"".join(self._sent)
         self._switch.stats["routed." + route.name] += 1
-        _log.debug(
-            "txcmux: {peer} -> route {route} after {size} bytes",
-            peer=describe_peer(peer),
-            route=route.name,
-            size=len(buffered),
-        )
         replay = buffered
         if EMPTY_SETTINGS in self._sent and buffered.startswith(PREFACE):
             stripper = SettingsAckStripper()
