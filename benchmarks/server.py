@@ -226,29 +226,37 @@ def _start_logging() -> None:
 
 
 class _Stamps:
-    """Handoff latencies: first byte read to the route target's first read."""
+    """Handoff latencies, from the detector's first read of a connection.
+
+    ``decided``: to the route factory's ``buildProtocol`` call (the matching
+    alone); ``delivered``: to the route target's first ``dataReceived`` (the
+    matching, building the target and its ``makeConnection``, the replay).
+    """
 
     def __init__(self) -> None:
         self.first_in = 0
-        self.by_route: dict[str, list[int]] = {}
+        self.decided: dict[str, list[int]] = {}
+        self.delivered: dict[str, list[int]] = {}
 
     def stamping(self, name: str, factory: Any) -> Any:
         """``factory``, with each protocol's first dataReceived timed."""
         from twisted.internet.protocol import Factory
 
-        samples = self.by_route.setdefault(name, [])
+        decided = self.decided.setdefault(name, [])
+        delivered = self.delivered.setdefault(name, [])
         stamps = self
 
         class Stamping(Factory):
             def buildProtocol(self, addr: Any) -> Any:
+                started = stamps.first_in
+                decided.append(time.perf_counter_ns() - started)
                 protocol = factory.buildProtocol(addr)
                 if protocol is None:
                     return None
-                started = stamps.first_in
                 original = protocol.dataReceived
 
                 def first(data: bytes) -> None:
-                    samples.append(time.perf_counter_ns() - started)
+                    delivered.append(time.perf_counter_ns() - started)
                     del protocol.dataReceived  # the class's method again
                     original(data)
 
@@ -291,7 +299,7 @@ def build_mux(
     certificate: tuple[str, str],
     grpc_factory: Any,
     ssh_backend: str,
-    sniff_timeout: float,
+    sniff_timeout: float | None,
     stamps: _Stamps | None = None,
 ) -> Any:
     """The txcmux port every "mux" mode serves (see the module docstring)."""
@@ -328,7 +336,7 @@ def build_mux(
 
 
 def run_twisted(
-    scenario: str, mode: str, backend: int | None, sniff_timeout: float
+    scenario: str, mode: str, backend: int | None, sniff_timeout: float | None
 ) -> None:
     """One reactor serving ``scenario`` in ``mode`` until stdin ends."""
     from twisted.internet import reactor as _reactor
@@ -394,7 +402,8 @@ def run_twisted(
         if switch is not None:
             answer["switch"] = dict(switch.stats)
         if stamps is not None:
-            answer["handoff_ns"] = stamps.by_route
+            answer["decided_ns"] = stamps.decided
+            answer["delivered_ns"] = stamps.delivered
         return answer
 
     class Control(LineReceiver):
@@ -430,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
         "--sniff-timeout",
         type=float,
         default=5.0,
-        help="the switch's sniff_timeout (the memory scenario needs minutes)",
+        help="the switch's sniff_timeout; 0: none (the memory scenario needs minutes)",
     )
     args = parser.parse_args(argv)
     if args.mode not in MODES[args.scenario]:
@@ -441,7 +450,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.scenario == "relay" and args.mode == "sink":
         run_sink()
     else:
-        run_twisted(args.scenario, args.mode, args.backend, args.sniff_timeout)
+        timeout = args.sniff_timeout if args.sniff_timeout > 0 else None
+        run_twisted(args.scenario, args.mode, args.backend, timeout)
 
 
 if __name__ == "__main__":

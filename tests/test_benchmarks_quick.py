@@ -48,8 +48,10 @@ def test_quick_run_measures_every_scenario(tmp_path: Path) -> None:
         assert f"| {name} |" in done.stdout  # the table shows it
 
     latency = results["latency"]
-    for label, figures in latency["in_process_us"].items():
+    assert len(latency["delivered_us"]) == 3
+    for label, figures in latency["delivered_us"].items():
         assert figures["n"] > 0 and figures["median"] > 0, label
+        assert latency["decided_us"][label]["median"] <= figures["median"], label
     assert latency["client_http1_us"]["mux"]["n"] > 0
 
     memory = results["memory"]
