@@ -21,7 +21,14 @@ from txcmux import (
     matchers,
 )
 from txcmux._detector import Detector
-from txcmux.matchers import EMPTY_SETTINGS, NEED_MORE, PREFACE, FunctionMatcher
+from txcmux.matchers import (
+    EMPTY_SETTINGS,
+    NEED_MORE,
+    PREFACE,
+    FunctionMatcher,
+    Outcome,
+    Verdict,
+)
 
 from .captures import capture
 from .logs import captured_logs
@@ -134,6 +141,18 @@ def test_any_matches_before_the_client_sends_anything() -> None:
     chosen = harness.chosen()
     assert chosen is not None and chosen.route == "banner"
     assert chosen.chunks == []
+
+
+def test_only_routes_that_decide_on_no_bytes_make_the_detector_ask_on_connect() -> None:
+    assert not Harness(THREE).switch.decides_on_connect
+    assert Harness([*THREE, ("rest", matchers.any())]).switch.decides_on_connect
+    # A matcher that wants to send first thing counts too.
+    greeter = FunctionMatcher(
+        "greeter", 4, lambda data: Verdict(Outcome.NEED_MORE, b"hi")
+    )
+    harness = Harness([("greeter", greeter)])
+    assert harness.switch.decides_on_connect
+    assert harness.transport.value() == b"hi"
 
 
 def test_no_route_closes_logs_counts_and_calls_the_hook() -> None:

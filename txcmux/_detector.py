@@ -76,7 +76,7 @@ class Detector(Protocol):
         switch.stats["accepted"] += 1
         if switch.sniff_timeout is not None:
             self._timer = switch.clock.callLater(switch.sniff_timeout, self._timed_out)
-        if not switch._undecided_without_data:
+        if switch.decides_on_connect:
             self._decide()
 
     def dataReceived(self, data: bytes) -> None:
@@ -150,11 +150,6 @@ class Detector(Protocol):
             else:
                 self._reject("no_match", "no route matched")
             return
-        if not data and not sends and not self._dead:
-            # Matchers are pure functions of the bytes: with none, every
-            # connection is undecided and has nothing to send.  Later
-            # connections of this factory need not ask at connectionMade.
-            self._switch._undecided_without_data = True
         for send in sends:
             if send not in self._sent:
                 self._sent.append(send)

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from ._detector import Detector
 from ._errors import ConfigurationError
 from ._route import Route
+from .matchers._verdict import NEED_MORE
 
 _log = Logger(namespace="txcmux")
 
@@ -112,9 +113,11 @@ class ProtocolSwitchingFactory(Factory):
         self.on_error = on_error
         self.clock: IReactorTime = clock
         self.stats: Counter[str] = Counter()
-        # Set by the first detector that finds every route undecided (and
-        # silent) on no bytes at all: later ones skip that first question.
-        self._undecided_without_data = False
+        # Matchers are pure functions of the bytes, so what the routes make of
+        # no bytes at all is the same for every connection: ask once, here.
+        # Unless a route decides (any()) or wants to send on connect, the
+        # detectors skip that question.
+        self.decides_on_connect = any(r.verdict(b"") != NEED_MORE for r in self.routes)
 
     def route(self, name: str) -> Route:
         """The route called ``name``."""
