@@ -58,6 +58,9 @@ from zope.interface import implementer
 from ._detector import describe_peer
 from ._errors import ConfigurationError
 from ._handoff import Handoff, IHandoffReceiver
+from ._splice import Pumps
+from ._splice import close as _close_pumps
+from ._splice import start as _start_pumps
 
 _log = Logger(namespace="txcmux")
 
@@ -256,6 +259,7 @@ class RelayProtocol(_End):
         self._pending: list[bytes] | None = []
         self._connecting: Deferred[IProtocol] | None = None
         self._registered: tuple[str, IAddress] | None = None
+        self._pumps: Pumps | None = None
         self._counted = False
         self._done = False
 
@@ -343,11 +347,14 @@ class RelayProtocol(_End):
         client.registerProducer(_Reading(server), True)  # type: ignore[attr-defined]
         server.registerProducer(_Reading(client), True)  # type: ignore[attr-defined]
         pending, self._pending = self._pending or [], None
+        data = b"".join(pending)
+        self.received += len(data)
+        wrote = False
         if not self.read_closed:
+            # Between two plain sockets on Linux the kernel moves the bytes.
+            self._pumps, wrote = _start_pumps(self, backend, data)
             client.resumeProducing()  # type: ignore[attr-defined]
-        if pending:
-            data = b"".join(pending)
-            self.received += len(data)
+        if data and not wrote:
             server.write(data)
         if self.read_closed:
             _unregister(server)
@@ -389,6 +396,8 @@ class RelayProtocol(_End):
         stats["bytes_down"] += backend.received
         if self._registered is not None:
             _forget(*self._registered)
+        _close_pumps(self._pumps)
+        self._pumps = None
         (_log.debug if clean else _log.info)(
             "txcmux: route {route}: relay {peer} <-> {backend} closed {how}"
             " by the {side} ({up} bytes up, {down} down)",
