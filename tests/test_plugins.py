@@ -163,9 +163,13 @@ def ping_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     source = work / "plugin_package"  # a copy: no build/ in the checkout
     shutil.copytree(PLUGIN_SOURCE, source)
     target = work / "site"
-    isolation = (
-        ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    # Building without isolation (no download of build tools) needs setuptools
+    # able to make a wheel: setuptools >= 70.1 can, older ones need ``wheel``.
+    can_build_here = importlib.util.find_spec("setuptools") is not None and (
+        importlib.util.find_spec("wheel") is not None
+        or importlib.util.find_spec("setuptools.command.bdist_wheel") is not None
     )
+    isolation = ["--no-build-isolation"] if can_build_here else []
     subprocess.run(
         [
             sys.executable,
