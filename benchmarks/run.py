@@ -562,7 +562,8 @@ def chart(results: Sequence[Result], path: str, note: str) -> bool:
     axes.barh(rows, ratios, xerr=[low, high], color=colours, capsize=3)
     for row, r in zip(rows, done, strict=True):
         axes.plot([r.scenario.target] * 2, [row - 0.4, row + 0.4], color="black", lw=2)
-        axes.text((r.ratio or 0) + 0.02, row, f"{r.ratio:.2f}", va="center", size=8)
+        right = max([r.ratio or 0.0, *r.round_ratios])
+        axes.text(right + 0.02, row, f"{r.ratio:.2f}", va="center", size=8)
     axes.axvline(1.0, color="grey", lw=0.8, ls="--")
     axes.set_yticks(list(rows), names, size=8)
     axes.invert_yaxis()
@@ -574,6 +575,27 @@ def chart(results: Sequence[Result], path: str, note: str) -> bool:
     figure.savefig(path)
     plt.close(figure)
     return True
+
+
+def replot(results_file: str, path: str) -> int:
+    """Draw the chart of an earlier run from its ``--json`` file."""
+    saved = json.loads(Path(results_file).read_text())
+    by_name = {sc.name: sc for sc in SCENARIOS}
+    results = []
+    for item in saved["results"]:
+        scenario = by_name.get(item["name"])
+        if scenario is not None:
+            results.append(Result(scenario, item["direct"], item["through"]))
+    settings = saved["settings"]
+    note = (
+        f"{settings['rounds']} rounds x {settings['seconds']:g} s, load before"
+        f" {saved['load_before']}, after {saved['load_after']}, {os.cpu_count()} CPUs"
+    )
+    if not chart(results, path, note):
+        print("matplotlib is not installed", file=sys.stderr)
+        return 1
+    print(f"chart: {path}")
+    return 0
 
 
 def load_average() -> str:
@@ -596,7 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log", default=None, help="the servers' stderr (default: a temp file)"
     )
+    parser.add_argument(
+        "--replot", metavar="JSON", help="only draw --chart from a --json file"
+    )
     args = parser.parse_args(argv)
+    if args.replot:
+        return replot(args.replot, args.chart or "ratios.png")
 
     s = Settings()
     if args.quick:
