@@ -25,7 +25,7 @@ import fcntl
 import os
 from typing import Any
 
-from twisted.internet import main, tcp
+from twisted.internet import endpoints, main, tcp
 
 try:
     from twisted.internet import unix
@@ -42,15 +42,36 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: how many bytes make a transfer bulk.
 _BULK_PIPE_SIZES = (1 << 20, 1 << 18)
 _BULK = 1 << 20
+_ENDPOINT_FORWARDER: Any = getattr(endpoints, "_WrappingProtocol", None)
 _SOCKET_TRANSPORTS: tuple[type, ...] = (tcp.Server, tcp.Client)
 if unix is not None:
     _SOCKET_TRANSPORTS += (unix.Server, unix.Client)
 
 
-def _plain_socket(transport: Any) -> bool:
-    """Whether ``transport`` is a tcp/unix socket connection without TLS."""
+def _calls_directly(transport: Any, end: Any) -> bool:
+    """Whether ``transport`` hands its bytes to ``end`` unchanged.
+
+    A protocol still between them that looks at the bytes (the detector,
+    until the client's SETTINGS ACK has gone by) must keep seeing them, and
+    splicing would take them past it.  Twisted's client endpoints put a
+    forwarder (``_WrappingProtocol``) in front of the backend side; it passes
+    bytes through as they are.
+    """
+    protocol = getattr(transport, "protocol", None)
+    if protocol is end:
+        return True
+    return (
+        type(protocol) is _ENDPOINT_FORWARDER
+        and getattr(protocol, "_wrappedProtocol", None) is end
+    )
+
+
+def _plain_socket(end: Any) -> bool:
+    """Whether ``end``'s transport is a tcp/unix socket, without TLS, calling it."""
+    transport = end.transport
     return (
         type(transport) in _SOCKET_TRANSPORTS
+        and _calls_directly(transport, end)
         and not getattr(transport, "TLS", False)
         and transport.connected
         and not transport.disconnecting
@@ -161,13 +182,13 @@ def start(one: Any, other: Any, first: bytes = b"") -> tuple[Pumps | None, bool]
     ``first`` is what ``one`` received earlier and must reach ``other``
     before anything else.  Returns ``(pumps, wrote_first)``: pumps is None
     where splice(2) is unavailable, a transport is not a plain socket (TLS,
-    a wrapper, a test double), or ``first`` could not be sent at once (it
+    a wrapper, a test double) or calls another protocol first (the detector,
+    until the client's SETTINGS ACK has gone by), or ``first`` could not be
+    sent at once (it
     is then written the ordinary way); ``wrote_first`` says whether this
     function took care of ``first``.
     """
-    if _SPLICE is None or not (
-        _plain_socket(one.transport) and _plain_socket(other.transport)
-    ):
+    if _SPLICE is None or not (_plain_socket(one) and _plain_socket(other)):
         return None, False
     sink = other.transport
     if first:

@@ -1,0 +1,106 @@
+"""The relay's splice(2) path: used between plain sockets, exact, half-close kept."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+import pytest
+from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from txcmux import ProtocolSwitchingFactory, Route, _relay, matchers
+from txcmux.relay import RelayFactory
+
+if not sys.platform.startswith("linux") or not hasattr(os, "splice"):
+    pytest.skip("splice(2) is a Linux system call", allow_module_level=True)
+
+
+@implementer(IHalfCloseableProtocol)
+class HashSink(protocol.Protocol):
+    """Hashes everything until the client half-closes, then answers the digest."""
+
+    def connectionMade(self) -> None:
+        self.digest = hashlib.sha256()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.digest.update(data)
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.digest.hexdigest().encode())
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class Sender(protocol.Protocol):
+    """Sends its payload, half-closes, and collects the answer."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.answer = b""
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.payload)
+        self.transport.loseWriteConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.answer += data
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()  # both directions are done now
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.done.callback(self.answer)
+
+
+class SpliceTests(unittest.TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_bulk_bytes_are_spliced_exactly_and_half_close_is_kept(self):  # type: ignore[no-untyped-def]
+        started: list[bool] = []
+        real_start = _relay._start_pumps
+
+        def recording_start(*arguments):  # type: ignore[no-untyped-def]
+            pumps, wrote = real_start(*arguments)
+            started.append(pumps is not None)
+            return pumps, wrote
+
+        self.patch(_relay, "_start_pumps", recording_start)
+        sink = yield endpoints.TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1"
+        ).listen(protocol.Factory.forProtocol(HashSink))
+        self.addCleanup(sink.stopListening)
+        relay = RelayFactory(f"tcp:host=127.0.0.1:port={sink.getHost().port}")
+        mux = ProtocolSwitchingFactory(
+            [Route("bulk", matchers.prefix(b"BULK "), relay)]
+        )
+        port = yield endpoints.TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1"
+        ).listen(mux)
+        self.addCleanup(port.stopListening)
+
+        payload = b"BULK " + os.urandom(8 * 1024 * 1024)
+        sender = Sender(payload)
+        yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+            sender,
+        )
+        answer = yield sender.done
+        self.assertEqual(answer, hashlib.sha256(payload).hexdigest().encode())
+        self.assertEqual(started, [True])  # this connection went through splice
+        self.assertEqual(relay.stats["bytes_up"], len(payload))
+        self.assertEqual(relay.stats["bytes_down"], 64)
