@@ -32,6 +32,8 @@ setup(
             "mypy-zope>=1.0",
             "ruff>=0.5",
         ],
+        # The benchmark suite's chart; the suite itself needs wrk and h2load.
+        "bench": ["matplotlib>=3.5"],
     },
     entry_points={
         "txcmux.matchers": [

@@ -189,9 +189,8 @@ class Detector(Protocol):
             replay = stripper.feed(buffered)
             if not stripper.done:
                 self._stripper = stripper
-        receiver = IHandoffReceiver(protocol, None)
-        if receiver is not None:
-            receiver.handoff_received(Handoff(route.name, peer, buffered, sent))
+        if IHandoffReceiver.providedBy(protocol):
+            protocol.handoff_received(Handoff(route.name, peer, buffered, sent))
         self._target = protocol
         if self._stripper is None:
             install(self.transport, self, protocol)
