@@ -48,7 +48,8 @@ from txcmux.tls import (
     server_name,
 )
 
-from .tls_support import capture, pki
+from .captures import capture
+from .tls_support import pki
 
 CURL = shutil.which("curl")
 OPENSSL = shutil.which("openssl")

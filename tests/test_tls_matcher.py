@@ -19,7 +19,7 @@ from twisted.internet.testing import StringTransport
 from txcmux import ConfigurationError, ProtocolSwitchingFactory, Route, matchers
 from txcmux.matchers import ClientHello, Outcome, Verdict, parse_client_hello
 
-from .tls_support import capture
+from .captures import capture
 
 M, N, W = Outcome.MATCH, Outcome.NO_MATCH, Outcome.NEED_MORE
 

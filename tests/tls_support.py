@@ -28,14 +28,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "captures"
-
-
-def capture(name: str) -> bytes:
-    """The bytes of one file from ``shared/captures``."""
-    return (CAPTURES / name).read_bytes()
-
-
 _NOW = datetime.datetime.now(datetime.UTC)
 _DAY = datetime.timedelta(days=1)
 
