@@ -65,7 +65,8 @@ class Route:
         A matcher that raises, or that asks for more than its own bound, is
         taken to have answered ``NO_MATCH``.
         """
-        waiting: list[bytes] | None = None
+        waiting = False
+        sends: list[bytes] = []
         for matcher in self.matchers:
             try:
                 answer = matcher(data)
@@ -81,14 +82,14 @@ class Route:
             if outcome is _MATCH:
                 return MATCH
             if outcome is _NEED_MORE and len(data) < matcher.max_bytes:
-                if waiting is None:
-                    waiting = [answer.send]
-                else:
-                    waiting.append(answer.send)
-        if waiting is None:
+                waiting = True
+                if answer.send:
+                    sends.append(answer.send)
+        if not waiting:
             return NO_MATCH
-        send = waiting[0] if len(waiting) == 1 else b"".join(dict.fromkeys(waiting))
-        return Verdict(_NEED_MORE, send) if send else NEED_MORE
+        if not sends:
+            return NEED_MORE
+        return Verdict(_NEED_MORE, b"".join(dict.fromkeys(sends)))
 
     def __repr__(self) -> str:
         return f"<Route {self.name}: {' | '.join(m.name for m in self.matchers)}>"
