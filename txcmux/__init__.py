@@ -13,8 +13,9 @@ first route that matches::
 """
 
 from . import matchers
+from ._detector import Rejection
 from ._errors import ConfigurationError, TxcmuxError
-from ._factory import ProtocolSwitchingFactory, Rejection
+from ._factory import ProtocolSwitchingFactory
 from ._handoff import Handoff, IHandoffReceiver
 from ._route import Route
 

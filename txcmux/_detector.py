@@ -11,6 +11,7 @@ has gone by.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import (
@@ -52,6 +53,21 @@ def describe_peer(address: IAddress | None) -> str:
             f"unix:{name.decode(errors='replace') if isinstance(name, bytes) else name}"
         )
     return repr(address)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A connection the detector closed without handing it to any route.
+
+    ``reason`` is one of ``no_match``, ``too_long``, ``timeout`` or
+    ``no_protocol`` (a route's factory returned None); ``data`` is every
+    byte the client had sent.
+    """
+
+    reason: str
+    detail: str
+    peer: IAddress | None
+    data: bytes
 
 
 @implementer(IHalfCloseableProtocol)
@@ -223,8 +239,6 @@ class Detector(Protocol):
 
     def _reject(self, reason: str, detail: str) -> None:
         """Close a connection no route will take: count, log, tell the hook."""
-        from ._factory import Rejection
-
         self._cancel_timer()
         self._closing = True
         seen = bytes(self._buffer)

@@ -22,33 +22,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from ._detector import Detector
+from ._detector import Detector, Rejection
 from ._errors import ConfigurationError
 from ._route import Route
 from .matchers._verdict import NEED_MORE
 
 _log = Logger(namespace="txcmux")
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """A connection the detector closed without handing it to any route.
-
-    ``reason`` is one of ``no_match``, ``too_long``, ``timeout`` or
-    ``no_protocol`` (a route's factory returned None); ``data`` is every
-    byte the client had sent.
-    """
-
-    reason: str
-    detail: str
-    peer: IAddress | None
-    data: bytes
 
 
 class ProtocolSwitchingFactory(Factory):

@@ -16,6 +16,8 @@ from typing import Any
 from twisted.internet.interfaces import IAddress
 from zope.interface import Attribute, Interface
 
+from .matchers._http2 import EMPTY_SETTINGS
+
 
 @dataclass(frozen=True, slots=True)
 class Handoff:
@@ -34,8 +36,6 @@ class Handoff:
     @property
     def settings_sent(self) -> bool:
         """Whether the detector sent an HTTP/2 SETTINGS frame to the client."""
-        from .matchers._http2 import EMPTY_SETTINGS
-
         return EMPTY_SETTINGS in self.sent
 
 
