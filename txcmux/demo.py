@@ -10,19 +10,12 @@ gRPC server with the standard health service (``grpc.health.v1.Health``),
 a ``txcmux.demo.Demo`` service (``Echo`` and ``Greet``) and server
 reflection.  Open ``http://localhost:8080/`` for commands that try each.
 
-The demo is an ordinary config; as a file it reads::
+The demo is an ordinary config file, :data:`DEMO_CONFIG`, with two routes::
 
-    listen = ["tcp:8080"]
-
-    [[route]]
-    name = "grpc"
-    match = ["grpc"]
-    grpc = ["txcmux.demo:add_services"]
-
-    [[route]]
-    name = "web"
-    match = ["http1", "http2"]
-    web = "txcmux.demo:resource"
+    >>> for route in config().routes:
+    ...     print(route.describe())
+    grpc [grpc] -> in-process gRPC (txcmux.demo:add_services)
+    web [http1 | http2] -> web txcmux.demo:resource
 
 Call the demo service from Python (no generated code needed)::
 
