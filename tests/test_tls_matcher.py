@@ -13,13 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import task
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 
 from txcmux import ConfigurationError, ProtocolSwitchingFactory, Route, matchers
 from txcmux.matchers import ClientHello, Outcome, Verdict, parse_client_hello
 
 from .captures import capture
+from .recording import RecordingFactory
 
 M, N, W = Outcome.MATCH, Outcome.NO_MATCH, Outcome.NEED_MORE
 
@@ -372,35 +372,20 @@ def test_filtered_matcher_names() -> None:
 # -- through a real detector, split at every offset ----------------------------
 
 
-class _Recorder(Protocol):
-    def __init__(self, route: str, seen: list[tuple[str, bytes]]) -> None:
-        self.route = route
-        self.seen = seen
-
-    def dataReceived(self, data: bytes) -> None:
-        self.seen.append((self.route, data))
-
-
-def _recording_factory(route: str, seen: list[tuple[str, bytes]]) -> Factory:
-    return Factory.forProtocol(lambda: _Recorder(route, seen))  # type: ignore[arg-type]
-
-
 def _route_chunks(chunks: list[bytes]) -> tuple[str | None, bytes]:
     """Feed ``chunks`` to a detector; which route got the bytes, and what bytes."""
-    seen: list[tuple[str, bytes]] = []
+    example, h2_local, other_tls = (
+        RecordingFactory(name) for name in ("example", "h2-local", "other-tls")
+    )
     factory = ProtocolSwitchingFactory(
         [
-            Route(
-                "example",
-                matchers.tls(sni="*.example.com"),
-                _recording_factory("example", seen),
-            ),
+            Route("example", matchers.tls(sni="*.example.com"), example),
             Route(
                 "h2-local",
                 matchers.tls(sni="localhost", alpn="h2", versions="1.3"),
-                _recording_factory("h2-local", seen),
+                h2_local,
             ),
-            Route("other-tls", matchers.tls(), _recording_factory("other-tls", seen)),
+            Route("other-tls", matchers.tls(), other_tls),
         ],
         clock=task.Clock(),
     )
@@ -410,9 +395,9 @@ def _route_chunks(chunks: list[bytes]) -> tuple[str | None, bytes]:
     detector.makeConnection(transport)
     for chunk in chunks:
         transport.protocol.dataReceived(chunk)  # type: ignore[attr-defined]
-    routes = {route for route, _ in seen}
-    assert len(routes) <= 1
-    return (routes.pop() if routes else None), b"".join(data for _, data in seen)
+    built = example.built + h2_local.built + other_tls.built
+    assert len(built) <= 1
+    return (built[0].route, built[0].received) if built else (None, b"")
 
 
 @pytest.mark.parametrize(
