@@ -133,8 +133,9 @@ class Detector(Protocol):
     def _decide(self, eof: bool = False) -> None:
         """Ask the routes, in order, about the bytes so far; act on the answer."""
         limit = self._switch.max_sniff_bytes
-        full = len(self._buffer) >= limit
-        data = bytes(self._buffer[:limit]) if full else bytes(self._buffer)
+        received = bytes(self._buffer)
+        full = len(received) >= limit
+        data = received[:limit] if full else received
         final = eof or full
         pending = False
         undecided_at_limit = False
@@ -146,7 +147,7 @@ class Detector(Protocol):
             outcome = verdict.outcome
             if outcome is _MATCH:
                 if not pending:
-                    self._hand_over(route, eof)
+                    self._hand_over(route, received, eof)
                     return
                 break  # an earlier route may still match; none later can win
             if outcome is _NEED_MORE and not final:
@@ -181,12 +182,14 @@ class Detector(Protocol):
             )
         else:
             self._switch.stats["timeout_fallback"] += 1
-            self._hand_over(self._switch.route(fallback), eof=False)
+            self._hand_over(
+                self._switch.route(fallback), bytes(self._buffer), eof=False
+            )
 
     # -- switching -----------------------------------------------------------
 
-    def _hand_over(self, route: Route, eof: bool) -> None:
-        """Give the transport to ``route``'s protocol and replay the buffer once."""
+    def _hand_over(self, route: Route, buffered: bytes, eof: bool) -> None:
+        """Give the transport to ``route``'s protocol and replay ``buffered`` once."""
         self._cancel_timer()
         peer = self._peer()
         protocol = route.factory.buildProtocol(peer)
@@ -195,7 +198,6 @@ class Detector(Protocol):
                 "no_protocol", f"the factory of route {route.name!r} returned None"
             )
             return
-        buffered = bytes(self._buffer)
         self._buffer = bytearray()
         sent = b"".join(self._sent)
         self._switch.stats["routed." + route.name] += 1
