@@ -22,7 +22,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from ._config_build import CmuxService, make_service
-from ._config_schema import Config, load
+from ._config_schema import load
 from ._errors import ConfigurationError
 
 #: Exit status for a config that is wrong (as for other usage errors).
@@ -62,7 +62,6 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
-        self.config: Config | None = None
         self.service: CmuxService | None = None
 
     def opt_listen(self, endpoint: str) -> None:
@@ -87,7 +86,6 @@ class Options(usage.Options):
             self.service = make_service(config, port_file=self["port-file"])
         except ConfigurationError as error:
             _fail(str(error))
-        self.config = config
         if self["check"]:
             print(f"{path}: OK, {config.summary()}")
             raise SystemExit(0)
