@@ -15,6 +15,8 @@ from zope.interface import implementer
 from txcmux import ProtocolSwitchingFactory, Route, _relay, matchers
 from txcmux.relay import RelayFactory
 
+from .grpc_support.net import wait_until
+
 if not sys.platform.startswith("linux") or not hasattr(os, "splice"):
     pytest.skip("splice(2) is a Linux system call", allow_module_level=True)
 
@@ -72,11 +74,13 @@ class SpliceTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_bulk_bytes_are_spliced_exactly_and_half_close_is_kept(self):  # type: ignore[no-untyped-def]
         started: list[bool] = []
+        transports: list[object] = []
         real_start = _relay._start_pumps
 
         def recording_start(*arguments):  # type: ignore[no-untyped-def]
             pumps, wrote = real_start(*arguments)
             started.append(pumps is not None)
+            transports.extend(end.transport for end in arguments[:2])
             return pumps, wrote
 
         self.patch(_relay, "_start_pumps", recording_start)
@@ -104,3 +108,8 @@ class SpliceTests(unittest.TestCase):
         self.assertEqual(started, [True])  # this connection went through splice
         self.assertEqual(relay.stats["bytes_up"], len(payload))
         self.assertEqual(relay.stats["bytes_down"], 64)
+        # Once both sides are gone the transports have their own methods back.
+        yield defer.ensureDeferred(wait_until(lambda: relay.active == 0))
+        for transport in transports:
+            self.assertNotIn("doRead", vars(transport))
+            self.assertNotIn("doWrite", vars(transport))

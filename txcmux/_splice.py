@@ -163,12 +163,18 @@ class _Pump:
         return True
 
     def close(self) -> None:
-        """Close the pipe; the sink is gone, its bytes can go nowhere."""
+        """Close the pipe; the sink is gone, its bytes can go nowhere.
+
+        Also gives the transports back their own ``doRead`` and ``doWrite``,
+        so that no transport and pump keep each other alive in a cycle.
+        """
         if self.pipe_in >= 0:
             os.close(self.pipe_in)
             os.close(self.pipe_out)
             self.pipe_in = self.pipe_out = -1
             self.pending = 0
+        vars(self.source).pop("doRead", None)
+        vars(self.sink).pop("doWrite", None)
 
 
 Pumps = tuple[_Pump, _Pump]
@@ -204,7 +210,6 @@ def start(one: Any, other: Any, first: bytes = b"") -> tuple[Pumps | None, bool]
         backward = _Pump(sink, one.transport, other)
     except OSError:
         forward.close()
-        del one.transport.doRead, sink.doWrite
         return None, bool(first)
     return (forward, backward), bool(first)
 
