@@ -675,7 +675,17 @@ def test_full_config_builds(tmp_path: Path) -> None:
     assert not reactor.tcpServers  # built, not listening
 
 
-def test_tls_alpn_follows_the_inner_routes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("target", "alpn"),
+    [
+        ('grpc = ["txcmux.demo:add_services"]', ("h2",)),
+        ('web = "txcmux.demo:resource"', ("h2", "http/1.1")),
+    ],
+)
+def test_tls_alpn_follows_the_inner_routes(
+    tmp_path: Path, target: str, alpn: tuple[str, ...]
+) -> None:
+    # The inner route matches "any", so only its target kind tells ALPN.
     files = pki()
     text = f"""
     listen = ["tcp:0"]
@@ -692,13 +702,13 @@ def test_tls_alpn_follows_the_inner_routes(tmp_path: Path) -> None:
     [[route]]
     name = "grpc"
     match = ["any"]
-    grpc = ["txcmux.demo:add_services"]
+    {target}
     """
     config = load(write(tmp_path, text))
     assert config.listener_routes == ("tls",)
     service = make_service(config, reactor=MemoryReactorClock())
     tls = service.mux.route("tls").factory
-    assert tls.alpn == ("h2",)  # type: ignore[attr-defined]
+    assert tls.alpn == alpn  # type: ignore[attr-defined]
     assert tls.handshake_timeout == 3  # type: ignore[attr-defined]
 
 

@@ -108,6 +108,15 @@ def _called(
     return made
 
 
+#: What a route behind TLS speaks, by target kind, when its matchers
+#: (say ``any``) and its factory do not tell ``protocols_for_routes``.
+_ALPN_OF_KIND: dict[str, list[str]] = {
+    "web": ["h2", "http/1.1"],
+    "static": ["h2", "http/1.1"],
+    "grpc": ["h2"],
+}
+
+
 def _is_web(obj: object) -> bool:
     return isinstance(obj, Site) or IResource.providedBy(obj)
 
@@ -216,13 +225,9 @@ class _Builder:
             raise _unavailable(self.config, route, "txcmux.tls", error) from None
         inner = [self.route(name) for name in target.routes]
         alpn: list[str] = []
-        for name, inner_route in zip(target.routes, inner, strict=True):
-            speaks = protocols_for_routes([inner_route])
-            if not speaks:
-                kind = self.config.route(name).target.kind
-                speaks = {"web": ["h2", "http/1.1"], "static": ["h2", "http/1.1"]}.get(
-                    kind, ["h2"] if kind == "grpc" else []
-                )
+        for inner_route in inner:
+            kind = self.config.route(inner_route.name).target.kind
+            speaks = protocols_for_routes([inner_route]) or _ALPN_OF_KIND.get(kind, [])
             alpn += [p for p in speaks if p not in alpn]
         alpn.sort(key=lambda p: {"h2": 0, "http/1.1": 1}.get(p, 2))
         detector = ProtocolSwitchingFactory(
