@@ -6,6 +6,7 @@ key, says what was found and what was expected, and offers the near miss.
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from tests.tls_support import pki
 from txcmux import ConfigurationError
 from txcmux._config_schema import _TLS_EXTRA_KEYS, DOCUMENTED_KEYS, TLS_OPTION_KEYS
 from txcmux.config import (
+    BUILTIN_MATCHERS,
     FactoryTarget,
     GrpcTarget,
     ProxyTarget,
@@ -824,3 +826,32 @@ def test_a_target_missing_from_the_build(
         'route "ssh": key "proxy"',
         "target 'proxy' is not available in this build",
     )
+
+
+def _documented_parameters(signature: inspect.Signature) -> str:
+    """A matcher's parameters as the docs' table writes them."""
+    written = []
+    for parameter in signature.parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            written.append(f"{parameter.name} ({parameter.name[:-1]})")
+        elif parameter.default in (inspect.Parameter.empty, None):
+            written.append(parameter.name)
+        else:
+            default = parameter.default
+            shown = str(default).lower() if isinstance(default, bool) else default
+            written.append(f"{parameter.name} = {shown}")
+    return ", ".join(written) or "—"
+
+
+def test_the_builtin_matcher_table_matches_the_functions() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    table = text.split("The built-in matchers")[1].split("\n\n")[1]
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in table.splitlines()[2:]
+    ]
+    documented = {row[0]: row[1] for row in rows}
+    assert list(documented) == list(BUILTIN_MATCHERS)
+    for name, function in BUILTIN_MATCHERS.items():
+        expected = _documented_parameters(inspect.signature(function))
+        assert documented[name] == expected, name
