@@ -49,6 +49,7 @@ from txcmux.tls import (
 )
 
 from .captures import capture
+from .grpc_support.net import wait_until
 from .tls_support import pki
 
 CURL = shutil.which("curl")
@@ -239,7 +240,7 @@ class Server:
         self.port = self.listen(self.mux)
         case.addCleanup(
             lambda: defer.ensureDeferred(
-                eventually(lambda: not self._open(), "server connections closed")
+                wait_until(lambda: not self._open(), what="server connections closed")
             )
         )
 
@@ -446,15 +447,6 @@ async def raw_exchange(port: int, payload: bytes, close: bool = False) -> RawCli
     await connectProtocol(endpoint, client)
     await client.done
     return client
-
-
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    """Let the reactor run until ``check()`` holds (bounded: about 5 s)."""
-    for _ in range(500):
-        if check():
-            return
-        await task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"never happened: {what}")
 
 
 class LogLines:
@@ -731,7 +723,7 @@ class OnePortTests(unittest.TestCase):
 
         received, end = await deferToThread(exchange)
         self.assertEqual((received, end), (b"bye", b""))
-        await eventually(lambda: bool(self.server.after_half_close), "data after")
+        await wait_until(lambda: bool(self.server.after_half_close), what="data after")
         self.assertEqual(
             self.server.after_half_close, [b"after the server's close_notify"]
         )
@@ -781,9 +773,9 @@ class OnePortTests(unittest.TestCase):
                 "client": "CN=client-one,O=txcmux tests",
             },
         )
-        await eventually(
+        await wait_until(
             lambda: self.server.mtls.stats["closed.handshake_failed"] == 1,
-            "the refused handshake is counted",
+            what="the refused handshake is counted",
         )
         self.assertEqual(self.server.mtls.stats["handshakes"], 1)
         failures = logs.matching("TLS handshake failed")
@@ -819,8 +811,8 @@ class OnePortTests(unittest.TestCase):
             self.server.listen(tls_only), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
         )
         self.assertEqual(client.received, b"")
-        await eventually(
-            lambda: self.server.tls.stats["closed.not_tls"] == 1, "counted"
+        await wait_until(
+            lambda: self.server.tls.stats["closed.not_tls"] == 1, what="counted"
         )
         lines = logs.matching("did not send a TLS ClientHello")
         self.assertEqual(len(lines), 1, logs.lines)
@@ -836,8 +828,9 @@ class OnePortTests(unittest.TestCase):
             self.server.port, client_hello + b"\x17\x03\x03\x00\x05hello"
         )
         self.assertTrue(client.received.startswith(b"\x16\x03\x03"))  # ServerHello
-        await eventually(
-            lambda: self.server.tls.stats["closed.handshake_failed"] == 1, "counted"
+        await wait_until(
+            lambda: self.server.tls.stats["closed.handshake_failed"] == 1,
+            what="counted",
         )
         self.assertEqual(len(logs.matching("TLS handshake failed")), 1, logs.lines)
 
@@ -852,7 +845,9 @@ class OnePortTests(unittest.TestCase):
             self.server.listen(tls_only), half_a_hello, close=True
         )
         self.assertEqual(client.received, b"")
-        await eventually(lambda: self.server.tls.stats["closed.peer"] == 1, "counted")
+        await wait_until(
+            lambda: self.server.tls.stats["closed.peer"] == 1, what="counted"
+        )
         self.assertEqual(len(logs.matching("left during the TLS handshake")), 1)
 
 
