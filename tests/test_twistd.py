@@ -195,7 +195,7 @@ def test_check_bad_file(tmp_path: Path, change: tuple[str, str], expected: str) 
     path = tmp_path / "bad.toml"
     path.write_text(GOOD.replace(*change))
     result = run_twistd(["cmux", "--check", "--config", str(path)], tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 1  # as docs/configuration.md says
     assert "Traceback" not in result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
