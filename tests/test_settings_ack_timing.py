@@ -10,13 +10,14 @@ client's data path then, whatever the relay does to move bytes.
 from __future__ import annotations
 
 import hpack
-from twisted.internet import defer, endpoints, protocol, reactor, task
+from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.trial import unittest
 
 from txcmux import ProtocolSwitchingFactory, Route, matchers
 from txcmux.matchers import EMPTY_SETTINGS, PREFACE
 from txcmux.relay import RelayFactory
 
+from .grpc_support.net import listen, wait_until
 from .grpc_support.strict_h2 import StrictGrpcFactory
 
 SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
@@ -77,16 +78,10 @@ class LateAckTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_an_ack_after_the_backend_connected_is_still_removed(self):  # type: ignore[no-untyped-def]
         strict = StrictGrpcFactory()
-        backend = yield endpoints.TCP4ServerEndpoint(
-            reactor, 0, interface="127.0.0.1"
-        ).listen(strict)
-        self.addCleanup(backend.stopListening)
+        backend = yield defer.ensureDeferred(listen(self, strict))
         relay = RelayFactory(f"tcp:host=127.0.0.1:port={backend.getHost().port}")
         mux = ProtocolSwitchingFactory([Route("grpc", matchers.grpc(), relay)])
-        port = yield endpoints.TCP4ServerEndpoint(
-            reactor, 0, interface="127.0.0.1"
-        ).listen(mux)
-        self.addCleanup(port.stopListening)
+        port = yield defer.ensureDeferred(listen(self, mux))
 
         client = SlowAcker()
         yield endpoints.connectProtocol(
@@ -116,9 +111,8 @@ class LateAckTests(unittest.TestCase):
         self.assertIn(ECHO, client.received)
         client.transport.loseConnection()
         yield client.closed
-        for _ in range(200):  # bounded wait for the backend to see the close
-            if strict.acks:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield defer.ensureDeferred(
+            wait_until(lambda: strict.acks, what="the backend to see the close")
+        )
         self.assertEqual(strict.acks, [1])
         self.assertEqual(strict.protocol_errors, 0)

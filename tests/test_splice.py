@@ -15,7 +15,7 @@ from zope.interface import implementer
 from txcmux import ProtocolSwitchingFactory, Route, _relay, matchers
 from txcmux.relay import RelayFactory
 
-from .grpc_support.net import wait_until
+from .grpc_support.net import listen, wait_until
 
 if not sys.platform.startswith("linux") or not hasattr(os, "splice"):
     pytest.skip("splice(2) is a Linux system call", allow_module_level=True)
@@ -84,18 +84,14 @@ class SpliceTests(unittest.TestCase):
             return pumps, wrote
 
         self.patch(_relay, "_start_pumps", recording_start)
-        sink = yield endpoints.TCP4ServerEndpoint(
-            reactor, 0, interface="127.0.0.1"
-        ).listen(protocol.Factory.forProtocol(HashSink))
-        self.addCleanup(sink.stopListening)
+        sink = yield defer.ensureDeferred(
+            listen(self, protocol.Factory.forProtocol(HashSink))
+        )
         relay = RelayFactory(f"tcp:host=127.0.0.1:port={sink.getHost().port}")
         mux = ProtocolSwitchingFactory(
             [Route("bulk", matchers.prefix(b"BULK "), relay)]
         )
-        port = yield endpoints.TCP4ServerEndpoint(
-            reactor, 0, interface="127.0.0.1"
-        ).listen(mux)
-        self.addCleanup(port.stopListening)
+        port = yield defer.ensureDeferred(listen(self, mux))
 
         payload = b"BULK " + os.urandom(8 * 1024 * 1024)
         sender = Sender(payload)
