@@ -700,8 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     failed = [r.scenario.name for r in results if r.ratio is None]
     if (
-        latency is None
-        and memory is None
+        (latency is None or memory is None)
         and not args.skip_costs
         and (wanted is None or "costs" in wanted)
     ):
