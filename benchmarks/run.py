@@ -473,16 +473,14 @@ def table(results: Sequence[Result]) -> str:
     for r in results:
         sc = r.scenario
         if r.ratio is None:
-            lines.append(
-                f"| {sc.name} | {sc.unit} | {_side(r.direct)} | {_side(r.through)}"
-                f" | error: {r.error} | {sc.target:.2f} | no |"
-            )
-            continue
-        ratios = r.round_ratios
+            ratio, met = f"error: {r.error}", "no"
+        else:
+            low, high = min(r.round_ratios), max(r.round_ratios)
+            ratio = f"**{r.ratio:.3f}** ({low:.3f}-{high:.3f})"
+            met = "yes" if r.ratio >= sc.target else "NO"
         lines.append(
             f"| {sc.name} | {sc.unit} | {_side(r.direct)} | {_side(r.through)}"
-            f" | **{r.ratio:.3f}** ({min(ratios):.3f}-{max(ratios):.3f})"
-            f" | >= {sc.target:.2f} | {'yes' if r.ratio >= sc.target else 'NO'} |"
+            f" | {ratio} | >= {sc.target:.2f} | {met} |"
         )
     return "\n".join(lines)
 
