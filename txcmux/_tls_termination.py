@@ -674,7 +674,6 @@ class TLSTerminationFactory(Factory):
                     f"sni name {name!r}: expected a server name or *.domain"
                 )
             named.append((pattern, Identity(pair[0], pair[1])))
-        self.server_names = tuple(pattern for pattern, _ in named)
         self._connections = _ServerConnections(
             self.identity,
             named,
