@@ -42,6 +42,8 @@ from txcmux import ConfigurationError, ProtocolSwitchingFactory, Route, matchers
 from txcmux.matchers import EMPTY_SETTINGS, PREFACE
 from txcmux.web import WebFactory, _ChannelChooser
 
+from .logs import captured_logs
+
 PEER = IPv4Address("TCP", "10.0.0.7", 51234)
 _SETTINGS, _ACK = 0x4, 0x1
 
@@ -387,9 +389,14 @@ class WebFactoryTests(unittest.TestCase):
         transport.receive(b"PRI * HTTP")
         self.clock.advance(4.9)
         self.assertFalse(transport.disconnecting)
-        self.clock.advance(0.2)
+        with captured_logs() as lines:
+            self.clock.advance(0.2)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.web.stats["closed.timeout"], 1)
+        [line] = lines
+        self.assertIn("10.0.0.7", line)
+        self.assertIn("no request within the Site's timeOut", line)
+        self.assertIn("10 bytes seen", line)
         transport.receive(b"/2.0\r\n")  # late bytes are dropped, not parsed
         self.assertEqual(transport.value(), b"")
 
@@ -400,8 +407,12 @@ class WebFactoryTests(unittest.TestCase):
         one.receive(http1_request())
         self.assertEqual(http1_json(one.take())["protocol"], "HTTP/1.1")
         two = self.connect()
-        two.receive(H2Client().preface())
+        with captured_logs() as lines:
+            two.receive(H2Client().preface())
         self.assertTrue(two.disconnecting)
+        [line] = lines
+        self.assertIn("10.0.0.7", line)
+        self.assertIn("h2c but http2=False", line)
         self.assertEqual(two.value(), b"")
         self.assertEqual(self.web.stats["closed.http2_disabled"], 1)
 
