@@ -34,7 +34,7 @@ from txcmux.matchers import EMPTY_SETTINGS, PREFACE
 from txcmux.relay import RelayFactory, RelayProtocol
 
 from .grpc_support import service
-from .grpc_support.net import listen, tool, wait_until
+from .grpc_support.net import RawClient, listen, tool, wait_until
 from .grpc_support.service import MESSAGE_OPTIONS, MIB, Stub
 from .grpc_support.strict_h2 import StrictGrpcFactory
 from .logs import captured_logs
@@ -677,22 +677,3 @@ class EchoClient(Protocol):
 
     def connectionLost(self, reason: object = None) -> None:
         self.done.callback(self.received)
-
-
-class RawClient(Protocol):
-    """Sends fixed bytes, collects the answer until the server closes."""
-
-    def __init__(self, message: bytes) -> None:
-        self.message = message
-        self.received = b""
-        self.done: defer.Deferred[None] = defer.Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.message)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: object = None) -> None:
-        self.done.callback(None)

@@ -49,7 +49,7 @@ from txcmux.tls import (
 )
 
 from .captures import capture
-from .grpc_support.net import wait_until
+from .grpc_support.net import RawClient, wait_until
 from .tls_support import pki
 
 CURL = shutil.which("curl")
@@ -413,28 +413,6 @@ class TrickleTLSClient(protocol.Protocol):
             self.transport.write(pending)
         if self.received == self._request:  # the echo backend answered
             self.transport.loseConnection()
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.done.callback(None)
-
-
-class RawClient(protocol.Protocol):
-    """Sends some bytes and collects whatever comes back until closed."""
-
-    def __init__(self, payload: bytes, close: bool) -> None:
-        self.payload = payload
-        self.close = close
-        self.received = b""
-        self.done: defer.Deferred[None] = defer.Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.payload)
-        if self.close:
-            self.transport.loseConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
 
     def connectionLost(self, reason: Any = None) -> None:
         self.done.callback(None)

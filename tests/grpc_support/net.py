@@ -1,4 +1,4 @@
-"""Small helpers for real-socket relay and gRPC tests."""
+"""Small helpers for real-socket relay, gRPC and TLS tests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import endpoints, reactor, task
+from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.trial import unittest
 
@@ -49,3 +49,28 @@ def tool(name: str) -> str:
     if path is None:
         raise unittest.SkipTest(f"{name} is not installed")
     return path
+
+
+class RawClient(protocol.Protocol):
+    """Sends ``payload`` (then closes, if ``close``) and collects the answer.
+
+    ``done`` fires once the connection has ended.
+    """
+
+    def __init__(self, payload: bytes, close: bool = False) -> None:
+        self.payload = payload
+        self.close = close
+        self.received = b""
+        self.done: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.payload)
+        if self.close:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(None)
