@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import tempfile
 
 import pytest
 from twisted.internet import defer, endpoints, protocol, reactor
@@ -13,7 +14,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from txcmux import ProtocolSwitchingFactory, Route, _relay, matchers
-from txcmux.relay import RelayFactory
+from txcmux.relay import NamedUNIXClientEndpoint, RelayFactory
 
 from .grpc_support.net import listen, wait_until
 
@@ -109,3 +110,40 @@ class SpliceTests(unittest.TestCase):
         for transport in transports:
             self.assertNotIn("doRead", vars(transport))
             self.assertNotIn("doWrite", vars(transport))
+
+    @defer.inlineCallbacks
+    def test_replay_goes_first_when_the_backend_connects_at_once(self):  # type: ignore[no-untyped-def]
+        # A named unix socket connects inside the relay's connectionMade,
+        # before the detector replays what it read: the replay must still be
+        # the first thing the spliced backend gets.
+        firsts: list[bytes] = []
+        real_start = _relay._start_pumps
+
+        def recording_start(one, other, first=b""):  # type: ignore[no-untyped-def]
+            firsts.append(first)
+            return real_start(one, other, first)
+
+        self.patch(_relay, "_start_pumps", recording_start)
+        directory = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, directory)
+        path = os.path.join(directory, "sink.sock")
+        self.addCleanup(lambda: os.path.exists(path) and os.unlink(path))
+        yield defer.ensureDeferred(
+            listen(self, protocol.Factory.forProtocol(HashSink), f"unix:{path}")
+        )
+        relay = RelayFactory(NamedUNIXClientEndpoint(reactor, path, name_dir=directory))
+        mux = ProtocolSwitchingFactory(
+            [Route("bulk", matchers.prefix(b"BULK "), relay)]
+        )
+        port = yield defer.ensureDeferred(listen(self, mux))
+
+        payload = b"BULK " + os.urandom(1024 * 1024)
+        sender = Sender(payload)
+        yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+            sender,
+        )
+        answer = yield sender.done
+        self.assertEqual(answer, hashlib.sha256(payload).hexdigest().encode())
+        self.assertEqual(len(firsts), 1)
+        self.assertTrue(firsts[0].startswith(b"BULK "), firsts)

@@ -262,6 +262,7 @@ class RelayProtocol(_End):
         self._pumps: Pumps | None = None
         self._counted = False
         self._done = False
+        self._making = False
 
     # -- identity, for logs ----------------------------------------------------
 
@@ -288,9 +289,13 @@ class RelayProtocol(_End):
             self._address = self.transport.getPeer()
         self.transport.pauseProducing()  # type: ignore[attr-defined]
         self.relay.active += 1
-        connecting: Deferred[IProtocol] = defer.maybeDeferred(
-            self.relay.endpoint.connect, _BackendFactory(self)
-        )
+        self._making = True
+        try:
+            connecting: Deferred[IProtocol] = defer.maybeDeferred(
+                self.relay.endpoint.connect, _BackendFactory(self)
+            )
+        finally:
+            self._making = False
         connecting.addTimeout(self.relay.connect_timeout, self.relay.clock)
         connecting.addErrback(self._backend_failed)
         self._connecting = connecting
@@ -329,6 +334,13 @@ class RelayProtocol(_End):
 
     def backend_connected(self, backend: _Backend) -> None:
         """Join ``backend`` to this client: flush the buffer, start relaying."""
+        if self._making:
+            # The backend answered inside connectionMade (a unix socket
+            # connects at once).  The detector's replay only comes after
+            # connectionMade: join on the next turn, once it is buffered,
+            # so that no spliced byte can overtake it.
+            self.relay.clock.callLater(0, self.backend_connected, backend)
+            return
         self._connecting = None
         assert self.transport is not None and backend.transport is not None
         client, server = self.transport, backend.transport
