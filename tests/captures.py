@@ -21,6 +21,9 @@ def http2_opening(client: str) -> bytes:
     )
 
 
+#: A SETTINGS frame with the ACK flag: how a client answers our SETTINGS.
+SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
+
 HTTP2_CLIENTS = (
     "grpcio-unary",
     "grpc-js-unary",

@@ -30,12 +30,11 @@ from txcmux.matchers import (
     Verdict,
 )
 
-from .captures import capture
+from .captures import SETTINGS_ACK, capture
 from .logs import captured_logs
 from .recording import HalfCloseRecordingFactory, Recorder, RecordingFactory
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
-SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
 
 
 class Harness:

@@ -33,6 +33,7 @@ from txcmux.grpcserver import GrpcServer, GrpcServerError, client_address
 from txcmux.matchers import EMPTY_SETTINGS, PREFACE
 from txcmux.relay import RelayFactory, RelayProtocol
 
+from .captures import SETTINGS_ACK
 from .grpc_support import service
 from .grpc_support.net import RawClient, listen, tool, wait_until
 from .grpc_support.service import MESSAGE_OPTIONS, MIB, Stub
@@ -40,7 +41,6 @@ from .grpc_support.strict_h2 import StrictGrpcFactory
 from .logs import captured_logs
 
 T = TypeVar("T")
-SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
 SERVICE_SCRIPT = Path(service.__file__)
 
 

@@ -20,10 +20,8 @@ from twisted.internet.testing import StringTransport
 from txcmux import ProtocolSwitchingFactory, Rejection, Route, matchers
 from txcmux.matchers import EMPTY_SETTINGS, PREFACE, Outcome
 
-from .captures import HTTP2_CLIENTS, capture, http2_opening
+from .captures import HTTP2_CLIENTS, SETTINGS_ACK, capture, http2_opening
 from .recording import RecordingFactory
-
-SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
 
 
 def _matchers() -> dict[str, matchers.Matcher]:

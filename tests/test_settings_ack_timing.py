@@ -17,10 +17,10 @@ from txcmux import ProtocolSwitchingFactory, Route, matchers
 from txcmux.matchers import EMPTY_SETTINGS, PREFACE
 from txcmux.relay import RelayFactory
 
+from .captures import SETTINGS_ACK
 from .grpc_support.net import listen, wait_until
 from .grpc_support.strict_h2 import StrictGrpcFactory
 
-SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
 ECHO = b"\x00\x00\x00\x00\x0bhello, echo"  # one gRPC message
 
 
