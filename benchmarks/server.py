@@ -48,6 +48,9 @@ MODES = {
 }
 #: Responses of the benchmark Site: small, fixed.
 BODY = b"hello, world\n"
+#: The listen backlog of every server, direct or not (the memory scenario
+#: opens thousands of connections at once).
+BACKLOG = 1024
 #: A port nothing listens on: backends of routes a scenario does not use.
 UNUSED_BACKEND = "tcp:host=127.0.0.1:port=9"
 
@@ -362,13 +365,17 @@ def run_twisted(
                 certificate=private.original,
                 acceptableProtocols=[b"h2", b"http/1.1"],
             )
-            port = reactor.listenSSL(0, site, options, interface="127.0.0.1")
+            port = reactor.listenSSL(
+                0, site, options, interface="127.0.0.1", backlog=BACKLOG
+            )
         elif scenario == "h2c":
             from txcmux.web import WebFactory
 
-            port = reactor.listenTCP(0, WebFactory(site), interface="127.0.0.1")
+            port = reactor.listenTCP(
+                0, WebFactory(site), interface="127.0.0.1", backlog=BACKLOG
+            )
         else:
-            port = reactor.listenTCP(0, site, interface="127.0.0.1")
+            port = reactor.listenTCP(0, site, interface="127.0.0.1", backlog=BACKLOG)
     else:
         grpc_factory: Any
         if mode == "mux-inprocess":
@@ -395,7 +402,7 @@ def run_twisted(
         switch = build_mux(
             site, certificate, grpc_factory, ssh_backend, sniff_timeout, stamps
         )
-        port = reactor.listenTCP(0, switch, interface="127.0.0.1", backlog=1024)
+        port = reactor.listenTCP(0, switch, interface="127.0.0.1", backlog=BACKLOG)
 
     def stats() -> dict[str, Any]:
         answer: dict[str, Any] = {"rss_kib": rss_kib()}
