@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from txcmux import matchers
 from txcmux.matchers import EMPTY_SETTINGS, PREFACE, Outcome
@@ -342,3 +344,41 @@ def test_matchers_check_their_arguments() -> None:
         matchers.prefix(b"")
     with pytest.raises(ValueError, match="unknown TLS version"):
         matchers.tls(versions="2.0")
+
+
+_REQUEST_LINE_PIECES = [
+    b"GET",
+    b"PROPFIND",
+    b"G(T",
+    b" ",
+    b"  ",
+    b"/",
+    b"/a?b=c",
+    b"*",
+    b"\x80\xff",
+    b"\x7f",
+    b"\t",
+    b"\x00",
+    b"HTTP/1.",
+    b"HTTP/1.1",
+    b"HTTP/2.0",
+    b"HTTP/1.x",
+    b"1",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"Host: x\r\n",
+]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_REQUEST_LINE_PIECES), max_size=10).map(b"".join))
+def test_the_request_line_regex_agrees_with_the_byte_scan(data: bytes) -> None:
+    """The fast path (one regex) and the byte-by-byte scan accept the same lines."""
+    from txcmux.matchers._http1 import _REQUEST_LINE, _scan_request_line
+
+    scanned = _scan_request_line(data)
+    matched = _REQUEST_LINE.match(data)
+    assert (matched.end() if matched else None) == (
+        scanned if isinstance(scanned, int) else None
+    )
