@@ -490,3 +490,88 @@ def test_routes_must_have_unique_names_and_real_parts() -> None:
         Route("a", matchers.any(), object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="has no matcher"):
         Route("a", [], factory)
+
+
+# -- asking fewer routes ------------------------------------------------------
+
+
+class Counting:
+    """A matcher that counts the questions it is asked."""
+
+    def __init__(self, inner: matchers.Matcher) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.max_bytes = inner.max_bytes
+        self.asked: list[bytes] = []
+
+    def __call__(self, data: bytes) -> Verdict:
+        self.asked.append(data)
+        return self.inner(data)
+
+
+def test_routes_ruled_out_by_the_first_byte_are_never_asked() -> None:
+    ssh = Counting(matchers.ssh())
+    tls = Counting(matchers.tls())
+    web = Counting(matchers.http1())
+    factories = {name: RecordingFactory(name) for name in ("ssh", "tls", "web")}
+    switch = ProtocolSwitchingFactory(
+        [
+            Route("ssh", ssh, factories["ssh"]),
+            Route("tls", tls, factories["tls"]),
+            Route("web", web, factories["web"]),
+        ],
+        clock=Clock(),
+    )
+    for counting in (ssh, tls, web):
+        counting.asked.clear()  # the factory asked each about single bytes
+    for chunk in (b"GET / HT", b"TP/1.1\r\n"):
+        detector = switch.buildProtocol(PEER)
+        detector.makeConnection(StringTransport(peerAddress=PEER))
+        detector.dataReceived(chunk[:1])
+        detector.dataReceived(chunk[1:])
+    assert ssh.asked == [] and tls.asked == []
+    assert web.asked == [b"G", b"GET / HT", b"T", b"TP/1.1\r\n"]
+    assert [i for i, _ in switch.candidates[0x16]] == [1]  # TLS only
+    assert [i for i, _ in switch.candidates[ord("S")]] == [0, 2]  # SSH-, SEARCH
+    assert switch.candidates[0x00] == ()
+
+
+def test_a_matcher_that_raises_on_one_byte_is_still_asked() -> None:
+    def picky(data: bytes) -> Verdict:
+        if not data:
+            return NEED_MORE
+        if len(data) == 1:
+            raise ValueError("one byte is too short to say")
+        return matchers.MATCH if data.startswith(b"OK") else matchers.NO_MATCH
+
+    harness = Harness(
+        [("picky", FunctionMatcher("picky", 2, picky)), ("o", matchers.prefix(b"O"))]
+    )
+    assert harness.switch.candidates[ord("O")][0][1].name == "picky"
+    harness.feed(b"OK")
+    chosen = harness.chosen()
+    assert chosen is not None and chosen.route == "picky"
+
+
+def test_undecided_connections_share_one_timer() -> None:
+    clock = Clock()
+    factory = RecordingFactory("echo")
+    switch = ProtocolSwitchingFactory(
+        [Route("echo", matchers.prefix(b"ECHO "), factory)],
+        sniff_timeout=2.0,
+        clock=clock,
+    )
+    transports = []
+    for _ in range(5):
+        transport = StringTransport(peerAddress=PEER)
+        switch.buildProtocol(PEER).makeConnection(transport)
+        transports.append(transport)
+        clock.advance(0.25)
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0.75)  # t=2: the first connection's time is up
+    assert [t.disconnecting for t in transports] == [True] + [False] * 4
+    assert switch.stats["closed.timeout"] == 1
+    clock.advance(1.0)  # t=3: all of them
+    assert all(t.disconnecting for t in transports)
+    assert clock.getDelayedCalls() == []
+

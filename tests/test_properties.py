@@ -70,9 +70,18 @@ class Outcome_:
 
 
 def run(
-    names: list[str], stream: bytes, cuts: list[int], limit: int, eof: bool
+    names: list[str],
+    stream: bytes,
+    cuts: list[int],
+    limit: int,
+    eof: bool,
+    first_byte_filter: bool = True,
 ) -> Outcome_:
-    """Feed ``stream`` cut at ``cuts`` to a detector with routes ``names``."""
+    """Feed ``stream`` cut at ``cuts`` to a detector with routes ``names``.
+
+    ``first_byte_filter=False`` makes the detector ask every route, as if no
+    route could be ruled out by the first byte alone.
+    """
     everything = _matchers()
     factories = {name: RecordingFactory(name) for name in names}
     rejections: list[Rejection] = []
@@ -82,6 +91,8 @@ def run(
         on_error=rejections.append,
         clock=Clock(),
     )
+    if not first_byte_filter:
+        switch.candidates = (switch.all_routes,) * 256
     detector = switch.buildProtocol(None)
     transport = StringTransport()
     detector.makeConnection(transport)
@@ -137,6 +148,8 @@ def test_any_split_gives_the_same_decision_and_an_exact_replay(
     assert whole.route is not None or whole.rejection is not None or not eof
     if split.route is not None:
         assert split.replayed == expected_replay(stream, split.written)
+    asking_all = run(names, stream, cuts, limit, eof, first_byte_filter=False)
+    assert asking_all == split
 
 
 @settings(max_examples=100, deadline=None)

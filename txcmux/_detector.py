@@ -14,12 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IHalfCloseableProtocol,
-    IProtocol,
-)
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -74,24 +69,26 @@ class Rejection:
 class Detector(Protocol):
     """Sniffs one connection and switches it to the route that matches."""
 
+    # Class-level defaults: most connections are decided on their first read
+    # and never set these (each instance attribute costs on every connection).
+    _buffer = b""
+    _dead: frozenset[int] | set[int] = frozenset()
+    _sent: tuple[bytes, ...] = ()
+    _target: IProtocol | None = None
+    _stripper: SettingsAckStripper | None = None
+    _closing = False
+
     def __init__(self, switch: ProtocolSwitchingFactory, address: IAddress) -> None:
         self._switch = switch
         self._address = address
-        self._buffer = bytearray()
-        self._dead: set[int] = set()
-        self._sent: list[bytes] = []
-        self._timer: IDelayedCall | None = None
-        self._target: IProtocol | None = None
-        self._stripper: SettingsAckStripper | None = None
-        self._closing = False
 
     # -- events from the transport -------------------------------------------
 
     def connectionMade(self) -> None:
         switch = self._switch
         switch.stats["accepted"] += 1
-        if switch.sniff_timeout is not None:
-            self._timer = switch.clock.callLater(switch.sniff_timeout, self._timed_out)
+        if switch.deadlines is not None:
+            switch.deadlines.add(self)
         if switch.decides_on_connect:
             self._decide()
 
@@ -114,7 +111,7 @@ class Detector(Protocol):
             half_closeable.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._cancel_timer()
+        self._stop_waiting()
         if self._target is not None:
             self._target.connectionLost(reason)
         elif not self._closing:
@@ -132,16 +129,19 @@ class Detector(Protocol):
 
     def _decide(self, eof: bool = False) -> None:
         """Ask the routes, in order, about the bytes so far; act on the answer."""
-        limit = self._switch.max_sniff_bytes
-        received = bytes(self._buffer)
+        switch = self._switch
+        limit = switch.max_sniff_bytes
+        received = self._buffer
         full = len(received) >= limit
         data = received[:limit] if full else received
         final = eof or full
         pending = False
         undecided_at_limit = False
         sends: list[bytes] = []
-        for index, route in enumerate(self._switch.routes):
-            if index in self._dead:
+        dead = self._dead
+        died: list[int] = []
+        for index, route in switch.candidates[data[0]] if data else switch.all_routes:
+            if index in dead:
                 continue
             verdict = route.verdict(data)
             outcome = verdict.outcome
@@ -156,7 +156,9 @@ class Detector(Protocol):
                     sends.append(verdict.send)
             else:
                 undecided_at_limit |= outcome is _NEED_MORE
-                self._dead.add(index)
+                died.append(index)
+        if died:
+            self._dead = dead.union(died)
         if not pending:
             if undecided_at_limit and full:
                 self._reject("too_long", f"still undecided after {limit} bytes")
@@ -169,12 +171,14 @@ class Detector(Protocol):
             return
         for send in sends:
             if send not in self._sent:
-                self._sent.append(send)
+                self._sent += (send,)
                 assert self.transport is not None
                 self.transport.write(send)
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def timed_out(self) -> None:
+        """The sniff timeout passed undecided: reject, or hand to ``on_timeout``."""
+        if self._target is not None or self._closing:
+            return
         fallback = self._switch.on_timeout
         if fallback is None:
             self._reject(
@@ -182,15 +186,13 @@ class Detector(Protocol):
             )
         else:
             self._switch.stats["timeout_fallback"] += 1
-            self._hand_over(
-                self._switch.route(fallback), bytes(self._buffer), eof=False
-            )
+            self._hand_over(self._switch.route(fallback), self._buffer, eof=False)
 
     # -- switching -----------------------------------------------------------
 
     def _hand_over(self, route: Route, buffered: bytes, eof: bool) -> None:
         """Give the transport to ``route``'s protocol and replay ``buffered`` once."""
-        self._cancel_timer()
+        self._stop_waiting()
         peer = self._peer()
         protocol = route.factory.buildProtocol(peer)
         if protocol is None:
@@ -198,9 +200,8 @@ class Detector(Protocol):
                 "no_protocol", f"the factory of route {route.name!r} returned None"
             )
             return
-        self._buffer = bytearray()
-        sent = b"".join(self._sent)
-        self._switch.stats["routed." + route.name] += 1
+        self._buffer = b""
+        self._switch.stats[route.counter] += 1
         replay = buffered
         if EMPTY_SETTINGS in self._sent and buffered.startswith(PREFACE):
             stripper = SettingsAckStripper()
@@ -208,6 +209,7 @@ class Detector(Protocol):
             if not stripper.done:
                 self._stripper = stripper
         if IHandoffReceiver.providedBy(protocol):
+            sent = b"".join(self._sent)
             protocol.handoff_received(Handoff(route.name, peer, buffered, sent))
         self._target = protocol
         if self._stripper is None:
@@ -241,10 +243,10 @@ class Detector(Protocol):
 
     def _reject(self, reason: str, detail: str) -> None:
         """Close a connection no route will take: count, log, tell the hook."""
-        self._cancel_timer()
+        self._stop_waiting()
         self._closing = True
-        seen = bytes(self._buffer)
-        self._buffer = bytearray()
+        seen = self._buffer
+        self._buffer = b""
         self._switch.stats["closed." + reason] += 1
         _log.info(
             "txcmux: closing connection from {peer}: {detail}"
@@ -258,14 +260,23 @@ class Detector(Protocol):
         self.transport.loseConnection()
         self._switch.report(Rejection(reason, detail, self._peer(), seen))
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+    def _stop_waiting(self) -> None:
+        deadlines = self._switch.deadlines
+        if deadlines is not None:
+            deadlines.discard(self)
 
     def _peer(self) -> IAddress:
-        """The client's address: the transport's, else the one we were built for."""
+        """The client's address.
+
+        A socket connection (a transport that calls the detector directly)
+        was built for the very address its ``getPeer()`` would make anew, so
+        that one is used; a wrapping transport (TLS, a PROXY-protocol
+        wrapper) may know better than the address the factory was given, so
+        it is asked.
+        """
+        built_for: IAddress | None = self._address
+        if built_for is not None and getattr(self.transport, "protocol", None) is self:
+            return built_for
         if self.transport is not None:
             try:
                 peer: IAddress = self.transport.getPeer()

@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from ._deadlines import Deadlines
 from ._detector import Detector, Rejection
 from ._errors import ConfigurationError
 from ._route import Route
@@ -96,12 +97,26 @@ class ProtocolSwitchingFactory(Factory):
         self.on_timeout = on_timeout
         self.on_error = on_error
         self.clock: IReactorTime = clock
+        #: The sniff timeouts of the connections still undecided (None: no limit).
+        self.deadlines = (
+            Deadlines(clock, sniff_timeout) if sniff_timeout is not None else None
+        )
         self.stats: Counter[str] = Counter()
         # Matchers are pure functions of the bytes, so what the routes make of
         # no bytes at all is the same for every connection: ask once, here.
         # Unless a route decides (any()) or wants to send on connect, the
         # detectors skip that question.
         self.decides_on_connect = any(r.verdict(b"") != NEED_MORE for r in self.routes)
+        # For the same reason, a route that rules out a connection's first
+        # byte rules out the connection: for each of the 256 first bytes, the
+        # routes (with their priority index) still worth asking.  A request
+        # starting with "G" skips the gRPC, TLS and SSH matchers entirely.
+        numbered = tuple(enumerate(self.routes))
+        self.candidates: tuple[tuple[tuple[int, Route], ...], ...] = tuple(
+            tuple((i, r) for i, r in numbered if r.may_start_with(bytes((first,))))
+            for first in range(256)
+        )
+        self.all_routes = numbered
 
     def route(self, name: str) -> Route:
         """The route called ``name``."""

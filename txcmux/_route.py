@@ -36,6 +36,8 @@ class Route:
     matcher: Matcher | Sequence[Matcher]
     factory: IProtocolFactory
     matchers: tuple[Matcher, ...] = field(init=False, repr=False)
+    #: The factory's ``stats`` key counting connections handed to this route.
+    counter: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         found = (
@@ -58,6 +60,7 @@ class Route:
                 f"route {self.name!r}: {self.factory!r} is not a protocol factory"
             )
         object.__setattr__(self, "matchers", found)
+        object.__setattr__(self, "counter", "routed." + self.name)
 
     def verdict(self, data: bytes) -> Verdict:
         """Combine the matchers' answers: any match wins, then any need-more.
@@ -90,6 +93,25 @@ class Route:
         if not sends:
             return NEED_MORE
         return Verdict(_NEED_MORE, b"".join(dict.fromkeys(sends)))
+
+    def may_start_with(self, first: bytes) -> bool:
+        """Whether a connection whose first byte is ``first`` may match this route.
+
+        False only when every matcher answers ``NO_MATCH`` to that byte
+        alone; matchers being monotone, they answer the same to whatever
+        follows it.  A matcher that raises here is given the benefit of the
+        doubt (the detector will ask it again on the real bytes).
+        """
+        for matcher in self.matchers:
+            try:
+                outcome = matcher(first).outcome
+            except Exception:
+                return True
+            if outcome is _MATCH or (
+                outcome is _NEED_MORE and len(first) < matcher.max_bytes
+            ):
+                return True
+        return False
 
     def __repr__(self) -> str:
         return f"<Route {self.name}: {' | '.join(m.name for m in self.matchers)}>"
