@@ -1,16 +1,20 @@
 """Packaging for txcmux: many protocols on one port for Twisted."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="txcmux",
     version="0.1.0",
-    description="Serve HTTP/1.1, HTTP/2, gRPC, TLS and any Twisted protocol on one port",
-    long_description=open("README.md", encoding="utf-8").read(),
+    description=(
+        "Serve HTTP/1.1, HTTP/2, gRPC, TLS and any Twisted protocol on one port"
+    ),
+    long_description=Path(__file__).with_name("README.md").read_text("utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
-    packages=find_packages(include=["txcmux", "txcmux.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["txcmux", "txcmux.*"]), "twisted.plugins"],
     package_data={"txcmux": ["py.typed"]},
     include_package_data=False,
     install_requires=[
