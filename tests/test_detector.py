@@ -575,3 +575,83 @@ def test_undecided_connections_share_one_timer() -> None:
     assert all(t.disconnecting for t in transports)
     assert clock.getDelayedCalls() == []
 
+
+# -- what the routes' factories learn ------------------------------------------
+
+
+def test_handoff_factories_build_from_what_the_detector_saw() -> None:
+    from zope.interface import implementer
+
+    @implementer(txcmux.IHandoffFactory)
+    class Picking(Factory):
+        def __init__(self) -> None:
+            self.handoffs: list[Handoff] = []
+            self.targets = {"a": RecordingFactory("a"), "b": RecordingFactory("b")}
+
+        def protocol_for_handoff(self, handoff: Handoff) -> Protocol | None:
+            self.handoffs.append(handoff)
+            kind = handoff.buffered[5:6].decode()
+            if kind not in self.targets:
+                return None
+            return self.targets[kind].buildProtocol(handoff.peer)
+
+        def buildProtocol(self, addr: object) -> Protocol:  # type: ignore[override]
+            raise AssertionError("the detector should not call buildProtocol")
+
+    picking = Picking()
+    route = Route("echo", matchers.prefix(b"ECHO "), picking)
+    assert route.picks_by_handoff
+    rejections: list[Rejection] = []
+    switch = ProtocolSwitchingFactory(
+        [route], clock=Clock(), on_error=rejections.append
+    )
+    for message, negotiated in (
+        (b"ECHO b", None),
+        (b"ECHO a", b"h2"),
+        (b"ECHO c", None),
+    ):
+        transport = StringTransport(peerAddress=PEER)
+        if negotiated is not None:
+            transport.negotiatedProtocol = negotiated  # type: ignore[attr-defined]
+        detector = switch.buildProtocol(PEER)
+        transport.protocol = detector  # type: ignore[attr-defined]
+        detector.makeConnection(transport)
+        detector.dataReceived(message)
+    assert [
+        (h.route, h.peer, h.buffered, h.sent, h.negotiated) for h in picking.handoffs
+    ] == [
+        ("echo", PEER, b"ECHO b", b"", None),
+        ("echo", PEER, b"ECHO a", b"", b"h2"),
+        ("echo", PEER, b"ECHO c", b"", None),
+    ]
+    [b] = picking.targets["b"].built
+    [a] = picking.targets["a"].built
+    assert (a.received, b.received) == (b"ECHO a", b"ECHO b")
+    assert b.events[:2] == ["makeConnection", "dataReceived"]
+    assert [r.reason for r in rejections] == ["no_protocol"]
+    assert switch.stats["routed.echo"] == 2
+
+
+def test_handoffs_name_the_peer_a_proxy_protocol_header_gave() -> None:
+    # What twisted.protocols.haproxy.proxyEndpoint wraps a listener's factory in.
+    from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+    from zope.interface import implementer
+
+    received: list[Handoff] = []
+
+    @implementer(IHandoffReceiver)
+    class Aware(Protocol):
+        def handoff_received(self, handoff: Handoff) -> None:
+            received.append(handoff)
+
+    switch = ProtocolSwitchingFactory(
+        [Route("echo", matchers.prefix(b"ECHO "), Factory.forProtocol(Aware))],
+        clock=Clock(),
+    )
+    proxy = IPv4Address("TCP", "10.0.0.1", 9999)
+    wrapper = HAProxyWrappingFactory(switch).buildProtocol(proxy)
+    assert wrapper is not None
+    wrapper.makeConnection(StringTransport(peerAddress=proxy))
+    wrapper.dataReceived(b"PROXY TCP4 192.0.2.7 192.0.2.1 51000 443\r\nECHO hi")
+    [handoff] = received
+    assert handoff.peer == IPv4Address("TCP", "192.0.2.7", 51000)

@@ -40,7 +40,7 @@ from zope.interface import directlyProvides
 
 from txcmux import ConfigurationError, ProtocolSwitchingFactory, Route, matchers
 from txcmux.matchers import EMPTY_SETTINGS, PREFACE
-from txcmux.web import WebFactory, _ChannelChooser
+from txcmux.web import WebFactory, _ChannelChooser, _unwrapped, http1_channel
 
 from .logs import captured_logs
 
@@ -520,8 +520,10 @@ class DetectorTests(unittest.TestCase):
         web = Route("web", [matchers.http1(), matchers.http2()], self.web)
         return ProtocolSwitchingFactory(routes or (grpc, web), clock=self.clock)
 
-    def connect(self, mux: ProtocolSwitchingFactory) -> Transport:
-        transport = Transport()
+    def connect(
+        self, mux: ProtocolSwitchingFactory, transport: Transport | None = None
+    ) -> Transport:
+        transport = transport or Transport()
         transport.connect(mux.buildProtocol(PEER))
         self.addCleanup(
             lambda: transport.protocol.connectionLost(Failure(ConnectionError()))
@@ -584,6 +586,121 @@ class DetectorTests(unittest.TestCase):
         flush(transport, self.clock, client)
         self.assertEqual(client.json(second)["protocol"], "HTTP/2")
         self.assertEqual(self.acks_received(), [1])
+
+    def count_choosers(self) -> list[_ChannelChooser]:
+        """Every _ChannelChooser built from now on."""
+        built: list[_ChannelChooser] = []
+        original = _ChannelChooser.__init__
+
+        def counting(chooser: _ChannelChooser, *args: Any) -> None:
+            built.append(chooser)
+            original(chooser, *args)
+
+        self.patch(_ChannelChooser, "__init__", counting)
+        return built
+
+    def test_http11_goes_straight_to_the_sites_channel(self) -> None:
+        """The detector's bytes say HTTP/1.1: no second look, no second timer."""
+        choosers = self.count_choosers()
+        built = []
+        self.site.buildProtocol = built.append  # type: ignore[method-assign]
+        transport = self.connect(self.mux())
+        transport.receive(http1_request())
+        self.assertEqual(built, [])  # no ALPN-switching proxy built and dropped
+        self.assertIs(type(transport.protocol), http.HTTPChannel)
+        self.assertIs(transport.producer, transport.protocol)
+        self.assertEqual(http1_json(transport.take())["protocol"], "HTTP/1.1")
+        self.assertEqual(choosers, [])
+        self.assertEqual(self.web.stats["http/1.1"], 1)
+        # Left on the clock: the channel's own idle timeout, nothing of ours.
+        [timeout] = self.clock.getDelayedCalls()
+        self.assertEqual(timeout.getTime(), self.site.timeOut)
+
+    def count_timers(self) -> list[_ChannelChooser]:
+        """Every _ChannelChooser that starts its timer from now on."""
+        started: list[_ChannelChooser] = []
+        original = _ChannelChooser._start_timer
+
+        def counting(chooser: _ChannelChooser) -> None:
+            started.append(chooser)
+            original(chooser)
+
+        self.patch(_ChannelChooser, "_start_timer", counting)
+        return started
+
+    def test_h2c_behind_the_detector_is_chosen_as_on_its_own_port(self) -> None:
+        """The preface goes through the chooser, which needs no timer."""
+        choosers = self.count_choosers()
+        timers = self.count_timers()
+        transport = self.connect(self.mux())
+        client = H2Client()
+        stream, request = client.get(b"/info")
+        transport.receive(client.preface() + request)
+        flush(transport, self.clock, client)
+        self.assertEqual(client.json(stream)["protocol"], "HTTP/2")
+        self.assertEqual(len(choosers), 1)
+        self.assertEqual(timers, [])
+        self.assertEqual(self.web.stats["h2c"], 1)
+
+    def test_alpn_h2_behind_the_detector_wins_over_the_bytes(self) -> None:
+        """ALPN said h2 but HTTP/1.1 arrives: HTTP/2 it is (and it fails)."""
+        transport = self.connect(self.mux(), Transport(negotiated=b"h2", secure=True))
+        transport.receive(http1_request())
+        self.assertIsInstance(transport.protocol, H2Connection)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.web.stats["h2"], 1)
+
+    def test_alpn_http11_behind_the_detector_is_secure(self) -> None:
+        transport = self.connect(
+            self.mux(), Transport(negotiated=b"http/1.1", secure=True)
+        )
+        transport.receive(http1_request())
+        self.assertIs(type(transport.protocol), http.HTTPChannel)
+        body = http1_json(transport.take())
+        self.assertTrue(body["secure"])
+        self.assertEqual(body["protocol"], "HTTP/1.1")
+
+    def test_a_site_with_its_own_build_protocol_keeps_it(self) -> None:
+        """A Site subclass's buildProtocol still makes the HTTP/1.1 channel."""
+
+        class PerConnectionSite(Site):
+            def buildProtocol(self, addr: Any) -> Any:
+                channel = super().buildProtocol(addr)
+                channel.timeOut = 3
+                return channel
+
+        self.web = WebFactory(PerConnectionSite(Info(), reactor=self.clock))
+        transport = self.connect(self.mux())
+        transport.receive(http1_request())
+        self.assertIs(type(transport.protocol), http.HTTPChannel)
+        self.assertEqual(transport.protocol.timeOut, 3)
+        self.assertEqual(http1_json(transport.take())["protocol"], "HTTP/1.1")
+
+    def test_bytes_that_may_still_be_the_preface_wait_for_the_site_timeout(
+        self,
+    ) -> None:
+        """A route matched part of the preface: WebFactory waits, then closes."""
+        self.web = WebFactory(make_site(self.clock, timeout=5))
+        mux = self.mux(Route("web", matchers.prefix(b"PRI"), self.web))
+        timers = self.count_timers()
+        transport = self.connect(mux)
+        transport.receive(b"PRI * HTTP")
+        self.assertIsInstance(transport.protocol, _ChannelChooser)
+        self.assertEqual(len(timers), 1)
+        self.clock.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.web.stats["closed.timeout"], 1)
+
+    def test_http1_channel_is_the_channel_site_build_protocol_makes(self) -> None:
+        """The same attributes, with the same values, as Twisted's own."""
+        site = make_site(self.clock, requestFactory=TaggedRequest, timeout=7)
+        ours = vars(http1_channel(site))
+        twisteds = vars(_unwrapped(site.buildProtocol(PEER)))
+        self.assertIs(ours["site"], site)
+        self.assertEqual(ours["timeOut"], 7)
+        self.assertEqual(ours, twisteds)
 
     def test_http2_header_routes_by_authority(self) -> None:
         """http2_header(":authority", ...) picks between two Sites."""

@@ -16,7 +16,7 @@ from . import matchers
 from ._detector import Rejection
 from ._errors import ConfigurationError, TxcmuxError
 from ._factory import ProtocolSwitchingFactory
-from ._handoff import Handoff, IHandoffReceiver
+from ._handoff import Handoff, IHandoffFactory, IHandoffReceiver
 from ._route import Route
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigurationError",
     "Handoff",
+    "IHandoffFactory",
     "IHandoffReceiver",
     "ProtocolSwitchingFactory",
     "Rejection",

@@ -194,7 +194,12 @@ class Detector(Protocol):
         """Give the transport to ``route``'s protocol and replay ``buffered`` once."""
         self._stop_waiting()
         peer = self._peer()
-        protocol = route.factory.buildProtocol(peer)
+        handoff = None
+        if route.picks_by_handoff:
+            handoff = self._handoff(route, peer, buffered)
+            protocol = route.factory.protocol_for_handoff(handoff)  # type: ignore[attr-defined]
+        else:
+            protocol = route.factory.buildProtocol(peer)
         if protocol is None:
             self._reject(
                 "no_protocol", f"the factory of route {route.name!r} returned None"
@@ -209,8 +214,9 @@ class Detector(Protocol):
             if not stripper.done:
                 self._stripper = stripper
         if IHandoffReceiver.providedBy(protocol):
-            sent = b"".join(self._sent)
-            protocol.handoff_received(Handoff(route.name, peer, buffered, sent))
+            if handoff is None:
+                handoff = self._handoff(route, peer, buffered)
+            protocol.handoff_received(handoff)
         self._target = protocol
         if self._stripper is None:
             install(self.transport, self, protocol)
@@ -220,6 +226,10 @@ class Detector(Protocol):
             protocol.dataReceived(replay)
         if eof:
             self._forward_eof()
+
+    def _handoff(self, route: Route, peer: IAddress, buffered: bytes) -> Handoff:
+        negotiated = getattr(self.transport, "negotiatedProtocol", None)
+        return Handoff(route.name, peer, buffered, b"".join(self._sent), negotiated)
 
     def _forward(self, data: bytes) -> None:
         assert self._target is not None

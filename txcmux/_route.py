@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 
+from ._handoff import IHandoffFactory
 from .matchers._verdict import MATCH, NEED_MORE, NO_MATCH, Matcher, Outcome, Verdict
 
 _log = Logger()
@@ -38,6 +39,8 @@ class Route:
     matchers: tuple[Matcher, ...] = field(init=False, repr=False)
     #: The factory's ``stats`` key counting connections handed to this route.
     counter: str = field(init=False, repr=False)
+    #: Whether ``factory`` provides :class:`~txcmux.IHandoffFactory`.
+    picks_by_handoff: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         found = (
@@ -61,6 +64,9 @@ class Route:
             )
         object.__setattr__(self, "matchers", found)
         object.__setattr__(self, "counter", "routed." + self.name)
+        object.__setattr__(
+            self, "picks_by_handoff", IHandoffFactory.providedBy(self.factory)
+        )
 
     def verdict(self, data: bytes) -> Verdict:
         """Combine the matchers' answers: any match wins, then any need-more.

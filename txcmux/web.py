@@ -8,6 +8,7 @@ the bytes are the HTTP/2 preface (prior knowledge, "h2c") or TLS ALPN chose
 
     from twisted.web.resource import Resource
     from twisted.web.server import Site
+from zope.interface import implementer
     from twisted.web.static import Data
     from txcmux import ProtocolSwitchingFactory, Route, matchers
     from txcmux.web import WebFactory
@@ -26,6 +27,7 @@ of txcmux stays on the path of later reads.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -34,18 +36,25 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from ._detector import describe_peer
 from ._errors import ConfigurationError
 from ._h2c import load_h2_connection, start_h2
-from ._handoff import install
+from ._handoff import Handoff, IHandoffFactory, IHandoffReceiver, install
 from .matchers._http2 import PREFACE
 
 __all__ = ["WebFactory"]
 
 _log = Logger(namespace="txcmux")
+# Looked up once: twisted.web.http is a deprecation proxy whose attribute
+# lookups cost more than a microsecond each.
+_GENERIC_CHANNEL = getattr(http, "_GenericHTTPChannelProtocol", None)
+_GENERIC_CHANNEL_FACTORY = getattr(http, "_genericHTTPChannelProtocolFactory", None)
+_HTTP_CHANNEL = http.HTTPChannel
 
 
+@implementer(IHandoffFactory)
 class WebFactory(Factory):
     """A protocol factory serving one Site over HTTP/1.1, h2c and h2.
 
@@ -94,10 +103,30 @@ class WebFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """A protocol that turns into the Site's channel on the first bytes."""
+        if _is_plain(self.site):
+            return _ChannelChooser(self, addr, None)
         template = self.site.buildProtocol(addr)  # type: ignore[no-untyped-call]
         if template is None:
             return None
-        return _ChannelChooser(self, template)
+        return _ChannelChooser(self, addr, template)
+
+    def protocol_for_handoff(self, handoff: Handoff) -> IProtocol | None:
+        """The Site's HTTP/1.1 channel itself when the detector's bytes say so.
+
+        Behind a txcmux route the bytes that chose the route are known
+        before anything is built; when they are HTTP/1.1 there is nothing
+        left to choose, and the channel takes the connection at once.
+        HTTP/2 (the preface, or ALPN ``h2``) goes through
+        :meth:`buildProtocol` as on a port of its own.
+        """
+        buffered = handoff.buffered
+        if handoff.negotiated == b"h2" or PREFACE.startswith(buffered[: len(PREFACE)]):
+            return self.buildProtocol(handoff.peer)
+        self.stats["http/1.1"] += 1
+        if _is_plain(self.site):
+            return http1_channel(self.site)
+        template = self.site.buildProtocol(handoff.peer)  # type: ignore[no-untyped-call]
+        return None if template is None else _unwrapped(template)
 
     def startFactory(self) -> None:
         """Start the Site (it opens its access log)."""
@@ -111,6 +140,35 @@ class WebFactory(Factory):
         return f"<WebFactory site={self.site!r} http2={self.http2}>"
 
 
+def _is_plain(site: Site) -> bool:
+    """Whether ``site`` builds its channels as Twisted's own Site does."""
+    make = site.protocol  # a bound method: Twisted's factory takes the Site
+    return (
+        getattr(make, "__func__", make) is _GENERIC_CHANNEL_FACTORY
+        and type(site).buildProtocol is Site.buildProtocol
+    )
+
+
+def http1_channel(site: Site) -> http.HTTPChannel:
+    """The HTTP/1.1 channel a plain Site's ``buildProtocol`` would configure.
+
+    Twisted's ``Site.buildProtocol`` wraps it in a proxy that chooses
+    between HTTP/1.1 and HTTP/2 and stays on the path of every read; once
+    the choice is made that proxy has no work, so a plain Site's channel is
+    built here directly, with the five attributes ``Factory``,
+    ``HTTPFactory`` and ``Site`` set on it (tests/test_web.py checks that
+    the two stay the same).
+    """
+    channel: Any = _HTTP_CHANNEL()  # type: ignore[no-untyped-call]
+    channel.factory = site
+    channel.callLater = site.reactor.callLater
+    channel.timeOut = site.timeOut
+    channel.requestFactory = site.requestFactory
+    channel.site = site
+    result: http.HTTPChannel = channel
+    return result
+
+
 def _unwrapped(template: IProtocol) -> IProtocol:
     """The HTTP/1.1 channel inside Twisted's ALPN-switching proxy, if it is one.
 
@@ -119,8 +177,7 @@ def _unwrapped(template: IProtocol) -> IProtocol:
     is made, the channel can take the transport itself.  Anything else (a
     Site subclass with its own channel) is used as it is.
     """
-    generic = getattr(http, "_GenericHTTPChannelProtocol", None)
-    if generic is not None and type(template) is generic:
+    if _GENERIC_CHANNEL is not None and type(template) is _GENERIC_CHANNEL:
         inner = getattr(template, "_channel", None)
         if inner is not None:
             channel: IProtocol = inner
@@ -128,11 +185,15 @@ def _unwrapped(template: IProtocol) -> IProtocol:
     return template
 
 
+@implementer(IHandoffReceiver)
 class _ChannelChooser(Protocol):
     """One connection until its first bytes say which HTTP it speaks.
 
     Waits only while the bytes are a strict prefix of the HTTP/2 preface
-    (at most 23 bytes), and at most the Site's ``timeOut`` seconds.  Then it
+    (at most 23 bytes), and at most the Site's ``timeOut`` seconds (that
+    timer starts only when it has to wait: behind a detector, which hands
+    over the bytes it decided on right after connecting, it usually never
+    does).  Then it
     builds the channel, points the transport at it with
     :func:`txcmux._handoff.install`, and replays what it held.  Where the
     transport still calls it afterwards (another protocol forwarding, as the
@@ -140,18 +201,26 @@ class _ChannelChooser(Protocol):
     and tries again to step out of the way on each such read.
     """
 
-    def __init__(self, web: WebFactory, template: IProtocol) -> None:
+    handoff: Handoff | None = None
+    _buffer = b""
+    _channel: IProtocol | None = None
+    _timer: IDelayedCall | None = None
+    _closed = False
+
+    def __init__(
+        self, web: WebFactory, addr: IAddress | None, template: IProtocol | None
+    ) -> None:
         self._web = web
-        self._template = template
-        self._buffer = b""
-        self._channel: IProtocol | None = None
-        self._timer: IDelayedCall | None = None
-        self._closed = False
+        self._addr = addr
+        self._template = template  # None: a plain Site, built on choosing
+
+    def handoff_received(self, handoff: Handoff) -> None:
+        """Learn that the detector replays ``handoff.buffered`` next."""
+        self.handoff = handoff
 
     def connectionMade(self) -> None:
-        timeout = getattr(self._template, "timeOut", self._web.site.timeOut)
-        if timeout is not None:
-            self._timer = self._web.site.reactor.callLater(timeout, self._timed_out)
+        if self.handoff is None or not self.handoff.buffered:
+            self._start_timer()
 
     def dataReceived(self, data: bytes) -> None:
         channel = self._channel
@@ -168,6 +237,8 @@ class _ChannelChooser(Protocol):
             and len(self._buffer) < len(PREFACE)
             and PREFACE.startswith(self._buffer)
         ):
+            if self._timer is None:
+                self._start_timer()
             return  # the preface or not: the next bytes will say
         self._choose(negotiated)
 
@@ -188,16 +259,27 @@ class _ChannelChooser(Protocol):
             if web._h2_connection is None:
                 self._close("http2_disabled", f"{kind} but http2=False")
                 return
-            channel = start_h2(web._h2_connection, transport, self._template, web.site)
+            template = self._template
+            if template is None:
+                template = web.site.buildProtocol(self._addr)  # type: ignore[no-untyped-call]
+            channel = start_h2(web._h2_connection, transport, template, web.site)
         else:
             kind = "http/1.1"
-            channel = _unwrapped(self._template)
+            if self._template is None:
+                channel = http1_channel(web.site)
+            else:
+                channel = _unwrapped(self._template)
             channel.makeConnection(transport)
         web.stats[kind] += 1
         self._channel = channel
         install(transport, self, channel)
         buffered, self._buffer = self._buffer, b""
         channel.dataReceived(buffered)
+
+    def _start_timer(self) -> None:
+        timeout = getattr(self._template, "timeOut", self._web.site.timeOut)
+        if timeout is not None:
+            self._timer = self._web.site.reactor.callLater(timeout, self._timed_out)
 
     def _timed_out(self) -> None:
         self._timer = None
