@@ -44,7 +44,7 @@ from ._h2c import load_h2_connection, start_h2
 from ._handoff import Handoff, IHandoffFactory, IHandoffReceiver, install
 from .matchers._http2 import PREFACE
 
-__all__ = ["WebFactory"]
+__all__ = ["WebFactory", "http1_channel"]
 
 _log = Logger(namespace="txcmux")
 # Looked up once: twisted.web.http is a deprecation proxy whose attribute
@@ -191,10 +191,9 @@ class _ChannelChooser(Protocol):
 
     Waits only while the bytes are a strict prefix of the HTTP/2 preface
     (at most 23 bytes), and at most the Site's ``timeOut`` seconds (that
-    timer starts only when it has to wait: behind a detector, which hands
-    over the bytes it decided on right after connecting, it usually never
-    does).  Then it
-    builds the channel, points the transport at it with
+    timer starts only when it has to wait: behind a detector, which replays
+    the bytes it decided on right after connecting, it seldom does).  Then
+    it builds the channel, points the transport at it with
     :func:`txcmux._handoff.install`, and replays what it held.  Where the
     transport still calls it afterwards (another protocol forwarding, as the
     detector does until the client's SETTINGS ACK has gone by), it forwards
