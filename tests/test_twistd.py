@@ -392,3 +392,48 @@ def test_tls_route_end_to_end(tmp_path: Path, start_twistd: object) -> None:
     output = running.stop()
     assert_clean_exit(running, output)
     assert "1. https [tls] -> TLS (server.pem) then grpc | web" in output
+
+
+BEHIND_A_PROXY = """\
+listen = ["haproxy:tcp:0:interface=127.0.0.1"]
+routes = ["web"]
+
+[[route]]
+name = "web"
+match = ["http1", "http2"]
+web = "cmux_test_site:site"
+"""
+
+
+def test_proxy_protocol_listener_gives_routes_the_clients_address(
+    tmp_path: Path, start_twistd: object
+) -> None:
+    """Behind a load balancer that speaks PROXY (v1 here, as HAProxy sends).
+
+    Twisted's ``haproxy:`` endpoint prefix reads the header; the detector
+    then routes on the bytes after it and the Site logs the client the
+    header named, over HTTP/1.1 and h2c alike.
+    """
+    access_log = tmp_path / "access.log"
+    (tmp_path / "cmux_test_site.py").write_text(SITE_MODULE.format(log=str(access_log)))
+    config = tmp_path / "cmux.toml"
+    config.write_text(BEHIND_A_PROXY)
+    running = start_twistd("--config", str(config))  # type: ignore[operator]
+    header = b"PROXY TCP4 192.0.2.7 192.0.2.1 51000 443\r\n"
+    request = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as client:
+        client.sendall(header + request)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.endswith(b"Hello from txcmux over HTTP/1.1\n")
+    # curl sends PROXY v1 with its own address; h2c is routed after it too.
+    assert curl(
+        running.port, "/hello", "--haproxy-protocol", "--http2-prior-knowledge"
+    ) == ("Hello from txcmux over HTTP/2 (h2c)\n")
+    output = running.stop()
+    assert_clean_exit(running, output)
+    logged = access_log.read_text()
+    assert logged.startswith('"192.0.2.7" - - '), logged
+    assert '"GET /hello HTTP/2"' in logged
