@@ -682,12 +682,13 @@ def test_full_config_builds(tmp_path: Path) -> None:
     [
         ('grpc = ["txcmux.demo:add_services"]', ("h2",)),
         ('web = "txcmux.demo:resource"', ("h2", "http/1.1")),
+        ('proxy = "tcp:host=127.0.0.1:port=1"', ()),
     ],
 )
 def test_tls_alpn_follows_the_inner_routes(
     tmp_path: Path, target: str, alpn: tuple[str, ...]
 ) -> None:
-    # The inner route matches "any", so only its target kind tells ALPN.
+    # The inner route matches "any", so only its target tells ALPN.
     files = pki()
     text = f"""
     listen = ["tcp:0"]

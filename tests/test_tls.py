@@ -40,6 +40,7 @@ from twisted.web import resource, server
 from zope.interface import implementer
 
 from txcmux import ConfigurationError, ProtocolSwitchingFactory, Route, matchers
+from txcmux.grpcserver import GrpcServer
 from txcmux.relay import RelayFactory
 from txcmux.tls import (
     TLSTerminationFactory,
@@ -47,6 +48,7 @@ from txcmux.tls import (
     protocols_for_routes,
     server_name,
 )
+from txcmux.web import WebFactory
 
 from .captures import capture
 from .grpc_support.net import RawClient, wait_until
@@ -908,6 +910,14 @@ def _route(name: str, matcher: Any, factory: Any = None) -> Route:
         ),
         ([_route("s", matchers.any(), server.Site(WhoAmI()))], ["h2", "http/1.1"]),
         ([_route("e", matchers.prefix(b"ECHO"))], []),
+        # Routes whose matchers say nothing: what their factories announce.
+        ([_route("w", matchers.any(), WebFactory(WhoAmI()))], ["h2", "http/1.1"]),
+        (
+            [_route("w", matchers.any(), WebFactory(WhoAmI(), http2=False))],
+            ["http/1.1"],
+        ),
+        ([_route("g", matchers.any(), GrpcServer([]).factory())], ["h2"]),
+        ([_route("r", matchers.any(), RelayFactory("tcp:127.0.0.1:1"))], []),
     ],
 )
 def test_alpn_from_routes(routes: list[Route], expected: list[str]) -> None:

@@ -108,15 +108,6 @@ def _called(
     return made
 
 
-#: What a route behind TLS speaks, by target kind, when its matchers
-#: (say ``any``) and its factory do not tell ``protocols_for_routes``.
-_ALPN_OF_KIND: dict[str, list[str]] = {
-    "web": ["h2", "http/1.1"],
-    "static": ["h2", "http/1.1"],
-    "grpc": ["h2"],
-}
-
-
 def _is_web(obj: object) -> bool:
     return isinstance(obj, Site) or IResource.providedBy(obj)
 
@@ -220,23 +211,20 @@ class _Builder:
 
     def _tls(self, route: RouteConfig, target: TLSTarget) -> IProtocolFactory:
         try:
-            from .tls import TLSTerminationFactory, protocols_for_routes
+            from .tls import TLSTerminationFactory
         except ImportError as error:
             raise _unavailable(self.config, route, "txcmux.tls", error) from None
         inner = [self.route(name) for name in target.routes]
-        alpn: list[str] = []
-        for inner_route in inner:
-            kind = self.config.route(inner_route.name).target.kind
-            speaks = protocols_for_routes([inner_route]) or _ALPN_OF_KIND.get(kind, [])
-            alpn += [p for p in speaks if p not in alpn]
-        alpn.sort(key=lambda p: {"h2": 0, "http/1.1": 1}.get(p, 2))
+        # Without an "alpn" key, TLSTerminationFactory offers what the inner
+        # routes speak: their matchers say, or else their factories do
+        # (WebFactory and the gRPC server's relay announce theirs).
         detector = ProtocolSwitchingFactory(
             inner,
             sniff_timeout=self.config.sniff_timeout,
             max_sniff_bytes=self.config.max_sniff_bytes,
             clock=self.reactor,
         )
-        options: dict[str, Any] = {"alpn": alpn, **target.options}
+        options: dict[str, Any] = dict(target.options)
         return TLSTerminationFactory(
             target.certificate, target.key, detector, clock=self.reactor, **options
         )

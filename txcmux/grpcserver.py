@@ -48,6 +48,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IProtocol,
     IProtocolFactory,
+    IProtocolNegotiationFactory,
     IStreamClientEndpoint,
 )
 from twisted.logger import Logger
@@ -219,7 +220,7 @@ class GrpcServer(Service):
         Usable before the service starts; connections that arrive while it
         is not running are closed and counted as ``backend_failed``.
         """
-        return RelayFactory(
+        return _GrpcRelayFactory(
             _InProcessEndpoint(self, self._reactor),
             reactor=self._reactor,
             name=name,
@@ -229,6 +230,15 @@ class GrpcServer(Service):
     def __repr__(self) -> str:
         where = self.socket_path or "not running"
         return f"<GrpcServer {where}>"
+
+
+@implementer(IProtocolNegotiationFactory)
+class _GrpcRelayFactory(RelayFactory):
+    """The relay to a GrpcServer: it speaks HTTP/2, and says so to TLS routes."""
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """gRPC is HTTP/2: ``h2``, for a TLS route's ALPN."""
+        return [b"h2"]
 
 
 @implementer(IStreamClientEndpoint)

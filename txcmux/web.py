@@ -29,7 +29,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,7 +60,7 @@ _GENERIC_CHANNEL_FACTORY = getattr(http, "_genericHTTPChannelProtocolFactory", N
 _HTTP_CHANNEL = http.HTTPChannel
 
 
-@implementer(IHandoffFactory)
+@implementer(IHandoffFactory, IProtocolNegotiationFactory)
 class WebFactory(Factory):
     """A protocol factory serving one Site over HTTP/1.1, h2c and h2.
 
@@ -127,6 +133,14 @@ class WebFactory(Factory):
             return http1_channel(self.site)
         template = self.site.buildProtocol(handoff.peer)  # type: ignore[no-untyped-call]
         return None if template is None else _unwrapped(template)
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """The ALPN protocols served: ``h2`` and ``http/1.1`` (or just the latter).
+
+        A TLS-terminating route offers these for an inner route whose
+        matchers do not say (``matchers.any()``, say).
+        """
+        return [b"h2", b"http/1.1"] if self.http2 else [b"http/1.1"]
 
     def startFactory(self) -> None:
         """Start the Site (it opens its access log)."""
