@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import WrappingFactory
 from twisted.test.iosim import FakeTransport, connect
+from zope.interface import implementer
 
 import txcmux
 from txcmux import (
@@ -369,9 +370,8 @@ def test_the_ack_is_stripped_when_it_arrives_after_the_switch() -> None:
     assert harness.transport.protocol is chosen  # out of the data path now
 
 
-def test_handoff_receivers_learn_what_the_detector_did() -> None:
-    from zope.interface import implementer
-
+def handoff_recording_factory() -> tuple[Factory, list[Handoff]]:
+    """A factory of protocols that keep the Handoff they receive, and that list."""
     received: list[Handoff] = []
 
     @implementer(IHandoffReceiver)
@@ -379,8 +379,13 @@ def test_handoff_receivers_learn_what_the_detector_did() -> None:
         def handoff_received(self, handoff: Handoff) -> None:
             received.append(handoff)
 
+    return Factory.forProtocol(Aware), received
+
+
+def test_handoff_receivers_learn_what_the_detector_did() -> None:
+    aware, received = handoff_recording_factory()
     switch = ProtocolSwitchingFactory(
-        [Route("grpc", matchers.grpc(), Factory.forProtocol(Aware))], clock=Clock()
+        [Route("grpc", matchers.grpc(), aware)], clock=Clock()
     )
     detector = switch.buildProtocol(PEER)
     detector.makeConnection(StringTransport(peerAddress=PEER))
@@ -580,8 +585,6 @@ def test_undecided_connections_share_one_timer() -> None:
 
 
 def test_handoff_factories_build_from_what_the_detector_saw() -> None:
-    from zope.interface import implementer
-
     @implementer(txcmux.IHandoffFactory)
     class Picking(Factory):
         def __init__(self) -> None:
@@ -635,18 +638,10 @@ def test_handoff_factories_build_from_what_the_detector_saw() -> None:
 def test_handoffs_name_the_peer_a_proxy_protocol_header_gave() -> None:
     # What twisted.protocols.haproxy.proxyEndpoint wraps a listener's factory in.
     from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
-    from zope.interface import implementer
 
-    received: list[Handoff] = []
-
-    @implementer(IHandoffReceiver)
-    class Aware(Protocol):
-        def handoff_received(self, handoff: Handoff) -> None:
-            received.append(handoff)
-
+    aware, received = handoff_recording_factory()
     switch = ProtocolSwitchingFactory(
-        [Route("echo", matchers.prefix(b"ECHO "), Factory.forProtocol(Aware))],
-        clock=Clock(),
+        [Route("echo", matchers.prefix(b"ECHO "), aware)], clock=Clock()
     )
     proxy = IPv4Address("TCP", "10.0.0.1", 9999)
     wrapper = HAProxyWrappingFactory(switch).buildProtocol(proxy)

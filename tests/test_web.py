@@ -222,6 +222,15 @@ def temp_path(case: unittest.TestCase, name: str) -> str:
     return os.path.join(directory, name)
 
 
+class PerConnectionSite(Site):
+    """A Site whose buildProtocol changes each channel (a 3 s idle timeout)."""
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.timeOut = 3
+        return channel
+
+
 def make_site(clock: Clock, name: str = "site", **kwargs: Any) -> Site:
     return Site(Info(name), reactor=clock, **kwargs)
 
@@ -355,12 +364,6 @@ class WebFactoryTests(unittest.TestCase):
 
     def test_channel_settings_come_from_the_sites_channel(self) -> None:
         """What Site.buildProtocol set on its channel is what HTTP/2 gets."""
-
-        class PerConnectionSite(Site):
-            def buildProtocol(self, addr: Any) -> Any:
-                channel = super().buildProtocol(addr)
-                channel.timeOut = 3
-                return channel
 
         self.web = WebFactory(PerConnectionSite(Info(), reactor=self.clock))
         transport = self.connect()
@@ -662,12 +665,6 @@ class DetectorTests(unittest.TestCase):
 
     def test_a_site_with_its_own_build_protocol_keeps_it(self) -> None:
         """A Site subclass's buildProtocol still makes the HTTP/1.1 channel."""
-
-        class PerConnectionSite(Site):
-            def buildProtocol(self, addr: Any) -> Any:
-                channel = super().buildProtocol(addr)
-                channel.timeOut = 3
-                return channel
 
         self.web = WebFactory(PerConnectionSite(Info(), reactor=self.clock))
         transport = self.connect(self.mux())
