@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from txcmux._deadlines import Deadlines
@@ -126,3 +128,49 @@ def test_a_waiter_timing_out_may_add_and_discard_others() -> None:
     timeline.clock.advance(1.0)
     assert timeline.fired == [("chaining", 1.0), ("added", 2.0)]
     assert timeline.timers() == 0
+
+
+ADVANCES = [0.0, 0.1, 0.3, 0.5, 1.0, 2.0, 2.5]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(0, 7)),
+            st.tuples(st.just("discard"), st.integers(0, 7)),
+            st.tuples(st.just("advance"), st.sampled_from(ADVANCES)),
+        ),
+        max_size=40,
+    )
+)
+def test_deadlines_behave_like_one_timer_per_waiter(
+    steps: list[tuple[str, float]],
+) -> None:
+    """Against a model of a DelayedCall per waiter: same waiters, same times."""
+    timeline = Timeline(2.0)
+    waiters: dict[int, Waiter] = {}
+    due: dict[int, float] = {}  # the model: waiter -> its deadline
+    expected: list[tuple[str, float]] = []
+    for action, value in steps:
+        if action == "add":
+            key = int(value)
+            if key in waiters:
+                continue  # a connection is added once
+            waiters[key] = timeline.waiter(str(key))
+            due[key] = timeline.clock.seconds() + 2.0
+        elif action == "discard":
+            key = int(value)
+            if key in waiters:
+                timeline.deadlines.discard(waiters[key])
+                due.pop(key, None)
+        else:
+            timeline.clock.advance(value)
+            now = timeline.clock.seconds()
+            for key in sorted(due, key=lambda k: (due[k], list(waiters).index(k))):
+                if due[key] <= now:
+                    expected.append((str(key), now))
+                    del due[key]
+        assert timeline.fired == expected
+        assert timeline.timers() == (1 if due else 0)
+        assert len(timeline.deadlines) == len(due)
