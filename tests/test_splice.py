@@ -69,6 +69,15 @@ class Sender(protocol.Protocol):
         self.done.callback(self.answer)
 
 
+def send(port: int, payload: bytes) -> defer.Deferred[bytes]:
+    """Send ``payload`` to 127.0.0.1:``port``, half-close; fires with the answer."""
+    sender = Sender(payload)
+    connected = endpoints.connectProtocol(
+        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port), sender
+    )
+    return connected.addCallback(lambda _: sender.done)
+
+
 class SpliceTests(unittest.TestCase):
     timeout = 30
 
@@ -95,12 +104,7 @@ class SpliceTests(unittest.TestCase):
         port = yield defer.ensureDeferred(listen(self, mux))
 
         payload = b"BULK " + os.urandom(8 * 1024 * 1024)
-        sender = Sender(payload)
-        yield endpoints.connectProtocol(
-            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
-            sender,
-        )
-        answer = yield sender.done
+        answer = yield send(port.getHost().port, payload)
         self.assertEqual(answer, hashlib.sha256(payload).hexdigest().encode())
         self.assertEqual(started, [True])  # this connection went through splice
         self.assertEqual(relay.stats["bytes_up"], len(payload))
@@ -138,12 +142,7 @@ class SpliceTests(unittest.TestCase):
         port = yield defer.ensureDeferred(listen(self, mux))
 
         payload = b"BULK " + os.urandom(1024 * 1024)
-        sender = Sender(payload)
-        yield endpoints.connectProtocol(
-            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
-            sender,
-        )
-        answer = yield sender.done
+        answer = yield send(port.getHost().port, payload)
         self.assertEqual(answer, hashlib.sha256(payload).hexdigest().encode())
         self.assertEqual(len(firsts), 1)
         self.assertTrue(firsts[0].startswith(b"BULK "), firsts)
