@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._handoff import Handoff, IHandoffReceiver, install
+from ._log import describe_peer
 from ._route import Route
 from ._settings_ack import SettingsAckStripper
 from .matchers._http2 import EMPTY_SETTINGS, PREFACE
@@ -34,20 +35,6 @@ _SHOWN_BYTES = 32
 # Enum members read once: a class attribute lookup on an Enum is slow.
 _MATCH = Outcome.MATCH
 _NEED_MORE = Outcome.NEED_MORE
-
-
-def describe_peer(address: IAddress | None) -> str:
-    """A short, log-friendly name for a peer address."""
-    host = getattr(address, "host", None)
-    if host is not None:
-        port = getattr(address, "port", "")
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    name = getattr(address, "name", None)
-    if name is not None:
-        return (
-            f"unix:{name.decode(errors='replace') if isinstance(name, bytes) else name}"
-        )
-    return repr(address)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._detector import describe_peer
+from ._log import describe_peer
 from ._errors import ConfigurationError
 from ._handoff import Handoff, IHandoffReceiver
 from ._splice import Pumps

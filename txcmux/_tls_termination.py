@@ -61,7 +61,7 @@ from twisted.protocols.tls import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._detector import describe_peer
+from ._log import describe_peer
 from ._errors import ConfigurationError
 from ._factory import ProtocolSwitchingFactory
 from ._handoff import install

@@ -44,7 +44,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from ._detector import describe_peer
+from ._log import describe_peer
 from ._errors import ConfigurationError
 from ._h2c import load_h2_connection, start_h2
 from ._handoff import Handoff, IHandoffFactory, IHandoffReceiver, install

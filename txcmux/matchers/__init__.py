@@ -45,7 +45,6 @@ __all__ = [
     "Outcome",
     "Verdict",
     "any",
-    "any_",
     "grpc",
     "http1",
     "http1_fast",

@@ -13,6 +13,9 @@ import re
 from ._simple import prefix_verdict
 from ._verdict import MATCH, NEED_MORE, NO_MATCH, FunctionMatcher, Verdict
 
+#: The ALPN protocol id of the connections these matchers match.
+_HTTP1_ALPN = (b"http/1.1",)
+
 # RFC 9110 section 5.6.2: tchar.
 _TCHAR = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -61,6 +64,7 @@ def http1_fast(*extra_methods: bytes | str) -> FunctionMatcher:
         "http1_fast",
         max(len(s) for s in starts),
         lambda data: prefix_verdict(starts, data),
+        alpn=_HTTP1_ALPN,
     )
 
 
@@ -132,7 +136,7 @@ def http1(max_request_line: int = DEFAULT_MAX_REQUEST_LINE) -> FunctionMatcher:
         end = request_line_end(data)
         return end if isinstance(end, Verdict) else MATCH
 
-    return FunctionMatcher("http1", max_request_line, verdict)
+    return FunctionMatcher("http1", max_request_line, verdict, alpn=_HTTP1_ALPN)
 
 
 def http1_header(
@@ -182,4 +186,4 @@ def http1_header(
 
     kind = "prefix" if prefix else "value"
     label = f"http1_header({wanted_name.decode()}, {kind}={wanted_value!r})"
-    return FunctionMatcher(label, max_bytes, verdict)
+    return FunctionMatcher(label, max_bytes, verdict, alpn=_HTTP1_ALPN)

@@ -108,7 +108,7 @@ def http2() -> FunctionMatcher:
             return MATCH
         return NEED_MORE if PREFACE.startswith(data) else NO_MATCH
 
-    return FunctionMatcher("http2", len(PREFACE), verdict)
+    return FunctionMatcher("http2", len(PREFACE), verdict, alpn=(b"h2",))
 
 
 def header_matcher(
@@ -128,7 +128,7 @@ def header_matcher(
             return headers
         return MATCH if accepts(headers) else NO_MATCH
 
-    return FunctionMatcher(label, max_bytes, verdict)
+    return FunctionMatcher(label, max_bytes, verdict, alpn=(b"h2",))
 
 
 def http2_header(

@@ -55,6 +55,10 @@ class Matcher(Protocol):
     ``name`` is used in logs; ``max_bytes`` is the most bytes the matcher may
     ask for: once the buffer holds that many it must not answer ``NEED_MORE``
     (the detector treats it as ``NO_MATCH`` if it does).
+
+    A matcher may also have ``alpn``, the TLS ALPN protocol ids a connection
+    it matches speaks (``(b"h2",)`` for HTTP/2): a TLS route offers them for
+    the routes behind it.  Without it a matcher implies no protocol id.
     """
 
     name: str
@@ -74,16 +78,24 @@ class FunctionMatcher:
             return MATCH if data.startswith(b"PING") else NO_MATCH
 
         ping = FunctionMatcher("ping", 4, _is_ping)
+
+    ``alpn`` lists the TLS ALPN protocol ids the matched protocol speaks.
     """
 
-    __slots__ = ("_function", "max_bytes", "name")
+    __slots__ = ("_function", "alpn", "max_bytes", "name")
 
     def __init__(
-        self, name: str, max_bytes: int, function: Callable[[bytes], Verdict]
+        self,
+        name: str,
+        max_bytes: int,
+        function: Callable[[bytes], Verdict],
+        *,
+        alpn: tuple[bytes, ...] = (),
     ) -> None:
         self.name = name
         self.max_bytes = max_bytes
         self._function = function
+        self.alpn = alpn
 
     def __call__(self, data: bytes) -> Verdict:
         return self._function(data)
