@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import WrappingFactory
+from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connect
 from zope.interface import implementer
 
@@ -144,14 +146,14 @@ def test_any_matches_before_the_client_sends_anything() -> None:
 
 
 def test_only_routes_that_decide_on_no_bytes_make_the_detector_ask_on_connect() -> None:
-    assert not Harness(THREE).switch.decides_on_connect
-    assert Harness([*THREE, ("rest", matchers.any())]).switch.decides_on_connect
+    assert not Harness(THREE).switch.decider.decides_on_connect
+    assert Harness([*THREE, ("rest", matchers.any())]).switch.decider.decides_on_connect
     # A matcher that wants to send first thing counts too.
     greeter = FunctionMatcher(
         "greeter", 4, lambda data: Verdict(Outcome.NEED_MORE, b"hi")
     )
     harness = Harness([("greeter", greeter)])
-    assert harness.switch.decides_on_connect
+    assert harness.switch.decider.decides_on_connect
     assert harness.transport.value() == b"hi"
 
 
@@ -397,7 +399,7 @@ def test_handoff_receivers_learn_what_the_detector_did() -> None:
     assert handoff.route == "grpc"
     assert handoff.peer == PEER
     assert handoff.buffered == before + after
-    assert handoff.settings_sent
+    assert handoff.sent == EMPTY_SETTINGS
 
 
 def test_iosim_transport_is_repointed_at_the_target() -> None:
@@ -489,11 +491,11 @@ def test_routes_must_have_unique_names_and_real_parts() -> None:
         ProtocolSwitchingFactory(
             [Route("a", matchers.any(), factory), Route("a", matchers.any(), factory)]
         )
-    with pytest.raises(TypeError, match="is not a matcher"):
+    with pytest.raises(ConfigurationError, match="is not a matcher"):
         Route("a", [b"GET"], factory)  # type: ignore[list-item]
-    with pytest.raises(TypeError, match="is not a protocol factory"):
+    with pytest.raises(ConfigurationError, match="is not a protocol factory"):
         Route("a", matchers.any(), object())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="has no matcher"):
+    with pytest.raises(ConfigurationError, match="has no matcher"):
         Route("a", [], factory)
 
 
@@ -536,9 +538,9 @@ def test_routes_ruled_out_by_the_first_byte_are_never_asked() -> None:
         detector.dataReceived(chunk[1:])
     assert ssh.asked == [] and tls.asked == []
     assert web.asked == [b"G", b"GET / HT", b"T", b"TP/1.1\r\n"]
-    assert [i for i, _ in switch.candidates[0x16]] == [1]  # TLS only
-    assert [i for i, _ in switch.candidates[ord("S")]] == [0, 2]  # SSH-, SEARCH
-    assert switch.candidates[0x00] == ()
+    assert [i for i, _ in switch.decider.candidates[0x16]] == [1]  # TLS only
+    assert [i for i, _ in switch.decider.candidates[ord("S")]] == [0, 2]  # SSH-, SEARCH
+    assert switch.decider.candidates[0x00] == ()
 
 
 def test_a_matcher_that_raises_on_one_byte_is_still_asked() -> None:
@@ -552,7 +554,7 @@ def test_a_matcher_that_raises_on_one_byte_is_still_asked() -> None:
     harness = Harness(
         [("picky", FunctionMatcher("picky", 2, picky)), ("o", matchers.prefix(b"O"))]
     )
-    assert harness.switch.candidates[ord("O")][0][1].name == "picky"
+    assert harness.switch.decider.candidates[ord("O")][0][1].name == "picky"
     harness.feed(b"OK")
     chosen = harness.chosen()
     assert chosen is not None and chosen.route == "picky"
@@ -650,3 +652,134 @@ def test_handoffs_name_the_peer_a_proxy_protocol_header_gave() -> None:
     wrapper.dataReceived(b"PROXY TCP4 192.0.2.7 192.0.2.1 51000 443\r\nECHO hi")
     [handoff] = received
     assert handoff.peer == IPv4Address("TCP", "192.0.2.7", 51000)
+
+
+# -- what the detector sends, and the filter for the client's answer ----------
+
+
+class _StripOk:
+    """Removes the first ``OK\\n`` from the stream (a toy client's answer)."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self._seen = b""
+
+    def feed(self, data: bytes) -> bytes:
+        self._seen += data
+        if b"OK\n" in self._seen:
+            self.done = True
+            kept = self._seen.replace(b"OK\n", b"", 1)
+            self._seen = b""
+            return kept
+        # Hold back what may be the start of the answer; pass the rest.
+        keep = next((n for n in (2, 1) if self._seen.endswith(b"OK\n"[:n])), 0)
+        cut = len(self._seen) - keep
+        out, self._seen = self._seen[:cut], self._seen[cut:]
+        return out
+
+
+def _asking(prefix: bytes) -> matchers.FunctionMatcher:
+    """Matches ``prefix`` once a ``!`` follows, asking ``READY?`` meanwhile."""
+    probe = Verdict(Outcome.NEED_MORE, b"READY?\n", _StripOk)
+
+    def verdict(data: bytes) -> Verdict:
+        if not (data.startswith(prefix) or prefix.startswith(data)):
+            return matchers.NO_MATCH
+        return matchers.MATCH if b"!" in data else probe
+
+    return FunctionMatcher("asking", 64, verdict)
+
+
+@pytest.mark.parametrize("cut", range(1, 12))
+def test_the_clients_answer_to_a_probe_never_reaches_the_target(cut: int) -> None:
+    stream = b"TOYOK\n!hello"
+    harness = Harness([("toy", _asking(b"TOY"))])
+    harness.feed(stream[:cut], stream[cut:])
+    assert harness.transport.value() == b"READY?\n"  # sent once
+    chosen = harness.chosen()
+    assert chosen is not None
+    assert chosen.received == b"TOY!hello"
+    # With the answer gone by, the transport calls the target directly.
+    assert harness.transport.protocol is chosen
+
+
+def test_a_filter_still_waiting_keeps_the_detector_in_the_data_path() -> None:
+    harness = Harness([("toy", _asking(b"TOY"))])
+    harness.feed(b"TOY")
+    harness.feed(b"!")  # decided before the answer came
+    chosen = harness.chosen()
+    assert chosen is not None
+    assert harness.transport.protocol is harness.detector
+    harness.feed(b"abOK\ncd", b"ef")
+    assert chosen.received == b"TOY!abcdef"
+    assert harness.transport.protocol is chosen
+
+
+def test_a_fallback_route_after_settings_does_not_get_their_ack_either() -> None:
+    # SETTINGS were sent, then the client was handed over on the timeout:
+    # whichever route takes it never sent them.
+    harness = Harness(
+        [("grpc", matchers.grpc()), ("ssh", matchers.ssh())],
+        sniff_timeout=1.0,
+        on_timeout="ssh",
+    )
+    harness.feed(PREFACE)
+    assert harness.transport.value() == EMPTY_SETTINGS
+    harness.clock.advance(1.0)
+    chosen = harness.chosen()
+    assert chosen is not None and chosen.route == "ssh"
+    harness.feed(SETTINGS_ACK)
+    assert chosen.received == PREFACE
+
+
+@pytest.mark.parametrize(
+    "stream", [b"SSH-2.0-x\r\n" + SETTINGS_ACK, b"PRI * HTTP/1.1\r\n" + SETTINGS_ACK]
+)
+def test_the_settings_ack_filter_passes_a_stream_that_is_no_http2(
+    stream: bytes,
+) -> None:
+    ack_filter = matchers.SettingsAckFilter()
+    out = b"".join(ack_filter.feed(stream[i : i + 1]) for i in range(len(stream)))
+    assert out == stream
+    assert ack_filter.done
+
+
+# -- what the log says ----------------------------------------------------------
+
+
+def test_a_connection_the_listener_closed_is_not_blamed_on_the_client() -> None:
+    # Twisted's haproxy: endpoint closes a connection whose first bytes are no
+    # PROXY header; the detector behind it never saw a byte.
+    from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+    harness = Harness(THREE)
+    wrapper = HAProxyWrappingFactory(harness.switch).buildProtocol(PEER)
+    transport = StringTransport(peerAddress=PEER)
+    with captured_logs() as logs:
+        wrapper.makeConnection(transport)
+        wrapper.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        assert transport.disconnecting
+        wrapper.connectionLost(Failure(ConnectionDone()))
+    assert harness.switch.stats["closed.listener"] == 1
+    assert harness.switch.stats["closed.peer"] == 0
+    [line] = [line for line in logs if "while undecided" in line]
+    assert "closed by the listener" in line
+    assert "closed the connection" not in line
+
+
+def test_each_decided_connection_gets_one_debug_line() -> None:
+    with captured_logs() as logs:
+        harness = Harness(THREE)
+        harness.feed(b"ECH")
+        harness.clock.advance(0.25)
+        harness.feed(b"O hi")
+    [line] = [line for line in logs if "route echo" in line]
+    assert line == "txcmux: 127.0.0.1:40000: route echo after 7 bytes in 250.000 ms"
+
+
+def test_decision_lines_can_be_turned_off() -> None:
+    with captured_logs() as logs:
+        harness = Harness(THREE, log_decisions=False)
+        harness.feed(b"ECHO hi")
+    assert harness.chosen() is not None
+    assert not [line for line in logs if "route echo" in line]

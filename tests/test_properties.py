@@ -92,7 +92,7 @@ def run(
         clock=Clock(),
     )
     if not first_byte_filter:
-        switch.candidates = (switch.all_routes,) * 256
+        switch.decider.candidates = (switch.decider.all_routes,) * 256
     detector = switch.buildProtocol(None)
     transport = StringTransport()
     detector.makeConnection(transport)

@@ -13,6 +13,7 @@ first route that matches::
 """
 
 from . import matchers
+from ._decision import Reason, Stat
 from ._detector import Rejection
 from ._errors import ConfigurationError, TxcmuxError
 from ._factory import ProtocolSwitchingFactory
@@ -27,8 +28,10 @@ __all__ = [
     "IHandoffFactory",
     "IHandoffReceiver",
     "ProtocolSwitchingFactory",
+    "Reason",
     "Rejection",
     "Route",
+    "Stat",
     "TxcmuxError",
     "matchers",
 ]

@@ -1,12 +1,15 @@
 """The detector: the protocol every connection starts with.
 
-It buffers what the client sends, asks each route (in priority order) what
-it makes of the bytes so far, and on a match hands the live transport to the
-route's protocol, replaying the buffered bytes to it once.  After that the
-transport calls the new protocol directly; the detector only forwards
-events for transports it could not re-point (see ``_handoff.install``), and,
-on HTTP/2 connections where it sent SETTINGS, until the client's ACK of them
-has gone by.
+It is the I/O around the pure decision step (``_decision.py``): it buffers
+what the client sends, reads the listener's prelude header if it has one
+(``_prelude.py``), asks the decision step what the bytes so far mean, writes
+what a waiting matcher wants the client to get, and on a decision hands the
+live transport to the route's protocol, replaying the buffered bytes to it
+once.  After that the transport calls the new protocol directly; the
+detector only forwards events for transports it could not re-point (see
+``_handoff.install``), and while an answer filter still removes the
+client's answer to what the detector sent (see
+:class:`~txcmux.matchers.Verdict`).
 """
 
 from __future__ import annotations
@@ -16,37 +19,36 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IProtocol
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._decision import Reason, Reject, Stat, Wait, closed
 from ._handoff import Handoff, IHandoffReceiver, install
-from ._log import describe_peer
-from ._route import Route
-from ._settings_ack import SettingsAckStripper
-from .matchers._http2 import EMPTY_SETTINGS, PREFACE
-from .matchers._verdict import Outcome
+from ._log import SHOWN_BYTES, describe_peer, log
+from ._prelude import PreludeRead
+from ._route import FilterChain, Route
+from .matchers._verdict import AnswerFilter, Verdict
 
 if TYPE_CHECKING:
     from ._factory import ProtocolSwitchingFactory
 
-_log = Logger(namespace="txcmux")
-_SHOWN_BYTES = 32
-# Enum members read once: a class attribute lookup on an Enum is slow.
-_MATCH = Outcome.MATCH
-_NEED_MORE = Outcome.NEED_MORE
+# Stats keys as plain strings (the counter's keys stay readable).
+_ACCEPTED = Stat.ACCEPTED.value
+_TIMEOUT_FALLBACK = Stat.TIMEOUT_FALLBACK.value
+_CLOSED_BY_PEER = Stat.CLOSED_BY_PEER.value
+_CLOSED_BY_LISTENER = Stat.CLOSED_BY_LISTENER.value
 
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """A connection the detector closed without handing it to any route.
 
-    ``reason`` is one of ``no_match``, ``too_long``, ``timeout`` or
-    ``no_protocol`` (a route's factory returned None); ``data`` is every
-    byte the client had sent.
+    ``reason`` is a :class:`~txcmux.Reason` (a string enum: ``no_match``,
+    ``too_long``, ``timeout`` or ``no_protocol``); ``detail`` says it in
+    words; ``data`` is every byte the client had sent.
     """
 
-    reason: str
+    reason: Reason
     detail: str
     peer: IAddress | None
     data: bytes
@@ -59,11 +61,15 @@ class Detector(Protocol):
     # Class-level defaults: most connections are decided on their first read
     # and never set these (each instance attribute costs on every connection).
     _buffer = b""
-    _dead: frozenset[int] | set[int] = frozenset()
-    _sent: tuple[bytes, ...] = ()
+    _ruled_out: frozenset[int] = frozenset()
+    _sent: tuple[Verdict, ...] = ()
     _target: IProtocol | None = None
-    _stripper: SettingsAckStripper | None = None
+    _filter: AnswerFilter | None = None
     _closing = False
+    _in_prelude = False
+    _client: IAddress | None = None
+    _prelude_info: object = None
+    _started = 0.0
 
     def __init__(self, switch: ProtocolSwitchingFactory, address: IAddress) -> None:
         self._switch = switch
@@ -73,10 +79,14 @@ class Detector(Protocol):
 
     def connectionMade(self) -> None:
         switch = self._switch
-        switch.stats["accepted"] += 1
+        switch.stats[_ACCEPTED] += 1
+        if switch.log_decisions:
+            self._started = switch.clock.seconds()
         if switch.deadlines is not None:
             switch.deadlines.add(self)
-        if switch.decides_on_connect:
+        if switch.prelude is not None:
+            self._in_prelude = True
+        elif switch.decider.decides_on_connect:
             self._decide()
 
     def dataReceived(self, data: bytes) -> None:
@@ -84,12 +94,19 @@ class Detector(Protocol):
             self._forward(data)
         elif not self._closing:
             self._buffer += data
-            self._decide()
+            if self._in_prelude:
+                self._read_prelude(eof=False)
+            else:
+                self._decide()
 
     def readConnectionLost(self) -> None:
         if self._target is not None:
             self._forward_eof()
-        elif not self._closing:
+        elif self._closing:
+            pass
+        elif self._in_prelude:
+            self._read_prelude(eof=True)
+        else:
             self._decide(eof=True)
 
     def writeConnectionLost(self) -> None:
@@ -101,86 +118,107 @@ class Detector(Protocol):
         self._stop_waiting()
         if self._target is not None:
             self._target.connectionLost(reason)
-        elif not self._closing:
-            self._closing = True
-            self._switch.stats["closed.peer"] += 1
-            _log.info(
-                "txcmux: {peer} closed the connection while undecided"
-                " ({size} bytes seen: {head})",
-                peer=describe_peer(self._peer()),
-                size=len(self._buffer),
-                head=bytes(self._buffer[:_SHOWN_BYTES]),
+            return
+        if self._closing:
+            return
+        self._closing = True
+        # A wrapping transport (Twisted's haproxy: endpoint refusing a
+        # missing header) may have closed the connection before any byte
+        # reached us; a client that went away leaves ``disconnecting`` unset.
+        by_listener = bool(getattr(self.transport, "disconnecting", False))
+        counter = _CLOSED_BY_LISTENER if by_listener else _CLOSED_BY_PEER
+        self._switch.stats[counter] += 1
+        log.info(
+            "txcmux: {peer} {who} while undecided ({size} bytes seen: {head})",
+            peer=describe_peer(self._peer()),
+            who=(
+                "was closed by the listener's wrapping transport (for a"
+                " haproxy: endpoint: no valid PROXY header)"
+                if by_listener
+                else "closed the connection"
+            ),
+            size=len(self._buffer),
+            head=self._buffer[:SHOWN_BYTES],
+        )
+
+    # -- the prelude -----------------------------------------------------------
+
+    def _read_prelude(self, eof: bool) -> None:
+        """Read the listener's prelude header; then match on what follows."""
+        prelude = self._switch.prelude
+        assert prelude is not None
+        buffered = self._buffer
+        try:
+            result = prelude(buffered, self._peer())
+        except Exception:
+            log.failure("txcmux: prelude {prelude} raised", prelude=prelude.name)
+            result = Reject(
+                Reason.NO_MATCH, f"the {prelude.name} header was unreadable"
+            )
+        if isinstance(result, Reject):
+            self._reject(result)
+        elif isinstance(result, PreludeRead):
+            self._in_prelude = False
+            if result.client is not None:
+                self._client = result.client
+            if result.info is not None:
+                self._prelude_info = result.info
+            self._buffer = buffered[result.consumed :]
+            if self._buffer or eof or self._switch.decider.decides_on_connect:
+                self._decide(eof)
+        elif len(buffered) >= prelude.max_bytes:
+            self._reject(
+                Reject(
+                    Reason.TOO_LONG,
+                    f"the {prelude.name} header is still incomplete after"
+                    f" {len(buffered)} bytes",
+                )
+            )
+        elif eof:
+            self._reject(
+                Reject(
+                    Reason.NO_MATCH,
+                    f"the client closed its side inside the {prelude.name} header",
+                )
             )
 
     # -- deciding ------------------------------------------------------------
 
     def _decide(self, eof: bool = False) -> None:
-        """Ask the routes, in order, about the bytes so far; act on the answer."""
-        switch = self._switch
-        limit = switch.max_sniff_bytes
-        received = self._buffer
-        full = len(received) >= limit
-        data = received[:limit] if full else received
-        final = eof or full
-        pending = False
-        undecided_at_limit = False
-        sends: list[bytes] = []
-        dead = self._dead
-        died: list[int] = []
-        for index, route in switch.candidates[data[0]] if data else switch.all_routes:
-            if index in dead:
-                continue
-            verdict = route.verdict(data)
-            outcome = verdict.outcome
-            if outcome is _MATCH:
-                if not pending:
-                    self._hand_over(route, received, eof)
-                    return
-                break  # an earlier route may still match; none later can win
-            if outcome is _NEED_MORE and not final:
-                pending = True
-                if verdict.send:
-                    sends.append(verdict.send)
-            else:
-                undecided_at_limit |= outcome is _NEED_MORE
-                died.append(index)
-        if died:
-            self._dead = dead.union(died)
-        if not pending:
-            if undecided_at_limit and full:
-                self._reject("too_long", f"still undecided after {limit} bytes")
-            elif eof:
-                self._reject(
-                    "no_match", "the client closed its side before any route matched"
-                )
-            else:
-                self._reject("no_match", "no route matched")
-            return
-        for send in sends:
-            if send not in self._sent:
-                self._sent += (send,)
-                assert self.transport is not None
-                self.transport.write(send)
+        """Ask the decision step about the bytes so far; act on the answer."""
+        decision = self._switch.decider.decide(self._buffer, eof, self._ruled_out)
+        if type(decision) is Route:
+            self._hand_over(decision, eof)
+        elif type(decision) is Wait:
+            self._ruled_out = decision.ruled_out
+            for probe in decision.probes:
+                if all(probe.send != sent.send for sent in self._sent):
+                    self._sent += (probe,)
+                    assert self.transport is not None
+                    self.transport.write(probe.send)
+        else:
+            assert isinstance(decision, Reject)
+            self._reject(decision)
 
     def timed_out(self) -> None:
         """The sniff timeout passed undecided: reject, or hand to ``on_timeout``."""
         if self._target is not None or self._closing:
             return
-        fallback = self._switch.on_timeout
-        if fallback is None:
-            self._reject(
-                "timeout", f"undecided after {self._switch.sniff_timeout} seconds"
-            )
+        switch = self._switch
+        decision = switch.decider.timed_out(switch.sniff_timeout)
+        if isinstance(decision, Reject):
+            self._reject(decision)
         else:
-            self._switch.stats["timeout_fallback"] += 1
-            self._hand_over(self._switch.route(fallback), self._buffer, eof=False)
+            switch.stats[_TIMEOUT_FALLBACK] += 1
+            self._hand_over(decision, eof=False)
 
     # -- switching -----------------------------------------------------------
 
-    def _hand_over(self, route: Route, buffered: bytes, eof: bool) -> None:
-        """Give the transport to ``route``'s protocol and replay ``buffered`` once."""
+    def _hand_over(self, route: Route, eof: bool) -> None:
+        """Give the transport to ``route``'s protocol; replay the buffer once."""
         self._stop_waiting()
         peer = self._peer()
+        buffered = self._buffer
         handoff = None
         if route.picks_by_handoff:
             handoff = self._handoff(route, peer, buffered)
@@ -189,23 +227,33 @@ class Detector(Protocol):
             protocol = route.factory.buildProtocol(peer)
         if protocol is None:
             self._reject(
-                "no_protocol", f"the factory of route {route.name!r} returned None"
+                Reject(
+                    Reason.NO_PROTOCOL,
+                    f"the factory of route {route.name!r} returned None",
+                )
             )
             return
+        switch = self._switch
         self._buffer = b""
-        self._switch.stats[route.counter] += 1
+        switch.stats[route.counter] += 1
+        if switch.log_decisions:
+            log.debug(
+                "txcmux: {peer}: route {route} after {size} bytes"
+                " in {ms:.3f} ms",
+                peer=describe_peer(peer),
+                route=route.name,
+                size=len(buffered),
+                ms=(switch.clock.seconds() - self._started) * 1000,
+            )
         replay = buffered
-        if EMPTY_SETTINGS in self._sent and buffered.startswith(PREFACE):
-            stripper = SettingsAckStripper()
-            replay = stripper.feed(buffered)
-            if not stripper.done:
-                self._stripper = stripper
+        if self._sent:
+            replay = self._start_filtering(buffered)
         if IHandoffReceiver.providedBy(protocol):
             if handoff is None:
                 handoff = self._handoff(route, peer, buffered)
             protocol.handoff_received(handoff)
         self._target = protocol
-        if self._stripper is None:
+        if self._filter is None:
             install(self.transport, self, protocol)
         assert self.transport is not None
         protocol.makeConnection(self.transport)
@@ -214,17 +262,38 @@ class Detector(Protocol):
         if eof:
             self._forward_eof()
 
+    def _start_filtering(self, buffered: bytes) -> bytes:
+        """Apply the answer filters of what was sent; return the replay."""
+        filters = [
+            make() for make in (sent.answer_filter for sent in self._sent) if make
+        ]
+        for answer_filter in filters:
+            buffered = answer_filter.feed(buffered)
+        pending = [f for f in filters if not f.done]
+        if len(pending) == 1:
+            self._filter = pending[0]
+        elif pending:
+            self._filter = FilterChain(pending)
+        return buffered
+
     def _handoff(self, route: Route, peer: IAddress, buffered: bytes) -> Handoff:
         negotiated = getattr(self.transport, "negotiatedProtocol", None)
-        return Handoff(route.name, peer, buffered, b"".join(self._sent), negotiated)
+        return Handoff(
+            route.name,
+            peer,
+            buffered,
+            b"".join(sent.send for sent in self._sent),
+            negotiated,
+            self._prelude_info,
+        )
 
     def _forward(self, data: bytes) -> None:
         assert self._target is not None
-        stripper = self._stripper
-        if stripper is not None:
-            data = stripper.feed(data)
-            if stripper.done:
-                self._stripper = None
+        answer_filter = self._filter
+        if answer_filter is not None:
+            data = answer_filter.feed(data)
+            if answer_filter.done:
+                self._filter = None
                 install(self.transport, self, self._target)
         if data:
             self._target.dataReceived(data)
@@ -238,20 +307,21 @@ class Detector(Protocol):
 
     # -- closing -------------------------------------------------------------
 
-    def _reject(self, reason: str, detail: str) -> None:
+    def _reject(self, rejection: Reject) -> None:
         """Close a connection no route will take: count, log, tell the hook."""
         self._stop_waiting()
         self._closing = True
         seen = self._buffer
         self._buffer = b""
-        self._switch.stats["closed." + reason] += 1
-        _log.info(
+        reason, detail = rejection
+        self._switch.stats[closed(reason)] += 1
+        log.info(
             "txcmux: closing connection from {peer}: {detail}"
             " ({size} bytes seen: {head})",
             peer=describe_peer(self._peer()),
             detail=detail,
             size=len(seen),
-            head=seen[:_SHOWN_BYTES],
+            head=seen[:SHOWN_BYTES],
         )
         assert self.transport is not None
         self.transport.loseConnection()
@@ -265,12 +335,15 @@ class Detector(Protocol):
     def _peer(self) -> IAddress:
         """The client's address.
 
-        A socket connection (a transport that calls the detector directly)
+        The one the listener's prelude named, if it named one.  Else: a
+        socket connection (a transport that calls the detector directly)
         was built for the very address its ``getPeer()`` would make anew, so
         that one is used; a wrapping transport (TLS, a PROXY-protocol
         wrapper) may know better than the address the factory was given, so
         it is asked.
         """
+        if self._client is not None:
+            return self._client
         built_for: IAddress | None = self._address
         if built_for is not None and getattr(self.transport, "protocol", None) is self:
             return built_for

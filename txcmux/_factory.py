@@ -25,15 +25,14 @@ from collections.abc import Callable, Iterable
 
 from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 
 from ._deadlines import Deadlines
+from ._decision import Decider
 from ._detector import Detector, Rejection
 from ._errors import ConfigurationError
+from ._log import log
+from ._prelude import Prelude
 from ._route import Route
-from .matchers._verdict import NEED_MORE
-
-_log = Logger(namespace="txcmux")
 
 
 class ProtocolSwitchingFactory(Factory):
@@ -46,11 +45,17 @@ class ProtocolSwitchingFactory(Factory):
     names the route that gets clients still undecided at the timeout (for
     protocols where the server speaks first), else they are closed;
     ``on_error`` is called with a :class:`Rejection` for every connection
-    closed undecided.  ``clock`` defaults to the global reactor.
+    closed undecided.  ``prelude`` reads a header every connection starts
+    with before the routes are asked (see ``txcmux._prelude``).  With
+    ``log_decisions`` (the default) every decided connection gets one debug
+    line: peer, route, bytes seen and time to decide.  ``clock`` defaults to
+    the global reactor.
 
     ``stats`` counts connections: ``accepted``, ``routed.<route>``,
-    ``timeout_fallback``, ``closed.<reason>`` for each rejection reason and
-    ``closed.peer`` for clients that left while undecided.
+    ``timeout_fallback``, ``closed.<reason>`` for each
+    :class:`~txcmux.Reason`, ``closed.peer`` for clients that left while
+    undecided and ``closed.listener`` for connections a wrapping transport
+    closed then (:class:`~txcmux.Stat` names the fixed keys).
     """
 
     def __init__(
@@ -61,6 +66,8 @@ class ProtocolSwitchingFactory(Factory):
         on_timeout: str | None = None,
         on_error: Callable[[Rejection], object] | None = None,
         clock: IReactorTime | None = None,
+        prelude: Prelude | None = None,
+        log_decisions: bool = True,
     ) -> None:
         self.routes = tuple(routes)
         if not self.routes:
@@ -96,27 +103,20 @@ class ProtocolSwitchingFactory(Factory):
         self.max_sniff_bytes = max_sniff_bytes
         self.on_timeout = on_timeout
         self.on_error = on_error
+        self.prelude = prelude
+        self.log_decisions = log_decisions
         self.clock: IReactorTime = clock
+        #: The decision step over these routes (``txcmux._decision``).
+        self.decider = Decider(
+            self.routes,
+            max_sniff_bytes,
+            None if on_timeout is None else self._by_name[on_timeout],
+        )
         #: The sniff timeouts of the connections still undecided (None: no limit).
         self.deadlines = (
             Deadlines(clock, sniff_timeout) if sniff_timeout is not None else None
         )
         self.stats: Counter[str] = Counter()
-        # Matchers are pure functions of the bytes, so what the routes make of
-        # no bytes at all is the same for every connection: ask once, here.
-        # Unless a route decides (any()) or wants to send on connect, the
-        # detectors skip that question.
-        self.decides_on_connect = any(r.verdict(b"") != NEED_MORE for r in self.routes)
-        # For the same reason, a route that rules out a connection's first
-        # byte rules out the connection: for each of the 256 first bytes, the
-        # routes (with their priority index) still worth asking.  A request
-        # starting with "G" skips the gRPC, TLS and SSH matchers entirely.
-        numbered = tuple(enumerate(self.routes))
-        self.candidates: tuple[tuple[tuple[int, Route], ...], ...] = tuple(
-            tuple((i, r) for i, r in numbered if r.may_start_with(bytes((first,))))
-            for first in range(256)
-        )
-        self.all_routes = numbered
 
     def route(self, name: str) -> Route:
         """The route called ``name``."""
@@ -149,7 +149,7 @@ class ProtocolSwitchingFactory(Factory):
         try:
             self.on_error(rejection)
         except Exception:
-            _log.failure("txcmux: the on_error hook raised")
+            log.failure("txcmux: the on_error hook raised")
 
     def __repr__(self) -> str:
         return f"<ProtocolSwitchingFactory routes={[r.name for r in self.routes]}>"

@@ -15,17 +15,18 @@ from typing import Any, NamedTuple
 from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
 from zope.interface import Attribute, Interface
 
-from .matchers._http2 import EMPTY_SETTINGS
-
 
 class Handoff(NamedTuple):
     """What the detector learned about a connection before handing it over.
 
-    ``buffered`` is every byte the client sent while the detector decided
-    (the protocol receives them, less the SETTINGS ACK if ``sent`` held
-    SETTINGS); ``sent`` is what the detector wrote to the client meanwhile;
-    ``negotiated`` is the protocol TLS ALPN chose, on connections a
-    TLS-terminating route decrypts (None elsewhere).
+    ``peer`` is the client (the one the listener's prelude named, if it
+    named one); ``buffered`` is every byte the client sent while the
+    detector decided (the protocol receives them, less the client's answer
+    to what the detector sent, if a matcher asked to filter it); ``sent`` is
+    what the detector wrote to the client meanwhile; ``negotiated`` is the
+    protocol TLS ALPN chose, on connections a TLS-terminating route decrypts
+    (None elsewhere); ``prelude`` is what the listener's prelude header
+    carried besides the client (None without one).
 
     (A named tuple rather than a frozen dataclass: one is made for most
     connections, and it is built in a third of the time.)
@@ -36,11 +37,7 @@ class Handoff(NamedTuple):
     buffered: bytes
     sent: bytes
     negotiated: bytes | None = None
-
-    @property
-    def settings_sent(self) -> bool:
-        """Whether the detector sent an HTTP/2 SETTINGS frame to the client."""
-        return EMPTY_SETTINGS in self.sent
+    prelude: object = None
 
 
 class IHandoffReceiver(Interface):

@@ -8,10 +8,19 @@ from dataclasses import dataclass, field
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 
+from ._errors import ConfigurationError
 from ._handoff import IHandoffFactory
-from .matchers._verdict import MATCH, NEED_MORE, NO_MATCH, Matcher, Outcome, Verdict
+from .matchers._verdict import (
+    MATCH,
+    NEED_MORE,
+    NO_MATCH,
+    AnswerFilter,
+    Matcher,
+    Outcome,
+    Verdict,
+)
 
-_log = Logger()
+_log = Logger(namespace="txcmux")
 # Enum members read once: a class attribute lookup on an Enum is slow.
 _MATCH = Outcome.MATCH
 _NEED_MORE = Outcome.NEED_MORE
@@ -49,17 +58,17 @@ class Route:
             else (self.matcher,)
         )
         if not self.name:
-            raise ValueError("a Route needs a non-empty name")
+            raise ConfigurationError("a Route needs a non-empty name")
         if not found:
-            raise ValueError(f"route {self.name!r} has no matcher")
+            raise ConfigurationError(f"route {self.name!r} has no matcher")
         for matcher in found:
             if not callable(matcher) or not hasattr(matcher, "max_bytes"):
-                raise TypeError(
+                raise ConfigurationError(
                     f"route {self.name!r}: {matcher!r} is not a matcher"
                     " (expected an object from txcmux.matchers)"
                 )
         if not IProtocolFactory.providedBy(self.factory):
-            raise TypeError(
+            raise ConfigurationError(
                 f"route {self.name!r}: {self.factory!r} is not a protocol factory"
             )
         object.__setattr__(self, "matchers", found)
@@ -72,10 +81,12 @@ class Route:
         """Combine the matchers' answers: any match wins, then any need-more.
 
         A matcher that raises, or that asks for more than its own bound, is
-        taken to have answered ``NO_MATCH``.
+        taken to have answered ``NO_MATCH``.  The matchers still waiting that
+        want bytes sent are combined into one verdict (each distinct
+        ``send`` once, with all their answer filters).
         """
         waiting = False
-        sends: list[bytes] = []
+        sends: list[Verdict] = []
         for matcher in self.matchers:
             try:
                 answer = matcher(data)
@@ -93,12 +104,12 @@ class Route:
             if outcome is _NEED_MORE and len(data) < matcher.max_bytes:
                 waiting = True
                 if answer.send:
-                    sends.append(answer.send)
+                    sends.append(answer)
         if not waiting:
             return NO_MATCH
         if not sends:
             return NEED_MORE
-        return Verdict(_NEED_MORE, b"".join(dict.fromkeys(sends)))
+        return combine(sends)
 
     def may_start_with(self, first: bytes) -> bool:
         """Whether a connection whose first byte is ``first`` may match this route.
@@ -121,3 +132,38 @@ class Route:
 
     def __repr__(self) -> str:
         return f"<Route {self.name}: {' | '.join(m.name for m in self.matchers)}>"
+
+
+def combine(verdicts: Sequence[Verdict]) -> Verdict:
+    """One ``NEED_MORE`` verdict sending what each of ``verdicts`` sends, once.
+
+    >>> from txcmux import matchers
+    >>> probe = matchers.grpc()(matchers.PREFACE)
+    >>> combine([probe, probe]) is probe
+    True
+    """
+    distinct = list({v.send: v for v in verdicts}.values())
+    if len(distinct) == 1:
+        return distinct[0]
+    filters = [v.answer_filter for v in distinct if v.answer_filter is not None]
+    return Verdict(
+        _NEED_MORE,
+        b"".join(v.send for v in distinct),
+        (lambda: FilterChain([make() for make in filters])) if filters else None,
+    )
+
+
+class FilterChain:
+    """Several answer filters applied one after the other."""
+
+    __slots__ = ("_filters", "done")
+
+    def __init__(self, filters: list[AnswerFilter]) -> None:
+        self._filters = filters
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        for answer_filter in self._filters:
+            data = answer_filter.feed(data)
+        self.done = all(f.done for f in self._filters)
+        return data

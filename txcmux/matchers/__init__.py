@@ -16,13 +16,21 @@ config files through the ``txcmux.matchers`` entry-point group.
 
 from ._extra import postgres, redis
 from ._http1 import http1, http1_fast, http1_header
-from ._http2 import EMPTY_SETTINGS, PREFACE, grpc, http2, http2_header
+from ._http2 import (
+    EMPTY_SETTINGS,
+    PREFACE,
+    SettingsAckFilter,
+    grpc,
+    http2,
+    http2_header,
+)
 from ._simple import any_, prefix, ssh
 from ._tls import ClientHello, parse_client_hello, tls
 from ._verdict import (
     MATCH,
     NEED_MORE,
     NO_MATCH,
+    AnswerFilter,
     FunctionMatcher,
     Matcher,
     Outcome,
@@ -39,10 +47,12 @@ __all__ = [
     "NEED_MORE",
     "NO_MATCH",
     "PREFACE",
+    "AnswerFilter",
     "ClientHello",
     "FunctionMatcher",
     "Matcher",
     "Outcome",
+    "SettingsAckFilter",
     "Verdict",
     "any",
     "grpc",

@@ -6,7 +6,9 @@ and :func:`grpc` walk the frames after it to the first HEADERS frame (and its
 CONTINUATION frames), decode that header block with a fresh HPACK decoder, and
 look for a field.  Because many clients (grpcio, grpc-js, grpc-go, grpc-java)
 send nothing but SETTINGS until the server's SETTINGS arrive, these matchers
-ask the detector to send an empty SETTINGS frame once the preface is in.
+ask the detector to send an empty SETTINGS frame once the preface is in, and
+give it a :class:`SettingsAckFilter` to keep the client's ACK of that frame
+from the target.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from ._verdict import MATCH, NEED_MORE, NO_MATCH, FunctionMatcher, Verdict
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: An empty SETTINGS frame: "use the defaults".  Sent by matchers that wait
 #: for a client's first HEADERS; the client answers it with a SETTINGS ACK,
-#: which the detector keeps from the target (see ``txcmux._settings_ack``).
+#: which the detector keeps from the target (see :class:`SettingsAckFilter`).
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 _FRAME_HEADER = 9
 _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
 _PUSH_PROMISE, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
-_END_HEADERS, _PADDED, _PRIORITY_FLAG = 0x4, 0x8, 0x20
+_ACK, _END_HEADERS, _PADDED, _PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
 # Frames a client may send before its first request without breaking the
 # protocol; unknown (extension) frame types must be ignored too (section 4.1).
 _SKIPPABLE = frozenset({_SETTINGS, _PING, _WINDOW_UPDATE, _PRIORITY})
@@ -118,7 +120,11 @@ def header_matcher(
     max_bytes: int,
 ) -> FunctionMatcher:
     """An HTTP/2 matcher on the first header block, decided by ``accepts``."""
-    waiting = Verdict(NEED_MORE.outcome, EMPTY_SETTINGS) if send_settings else NEED_MORE
+    waiting = (
+        Verdict(NEED_MORE.outcome, EMPTY_SETTINGS, SettingsAckFilter)
+        if send_settings
+        else NEED_MORE
+    )
 
     def verdict(data: bytes) -> Verdict:
         headers = first_headers(data)
@@ -181,3 +187,76 @@ def grpc(max_bytes: int = DEFAULT_MAX_BYTES) -> FunctionMatcher:
         )
 
     return header_matcher("grpc", accepts, True, max_bytes)
+
+
+class SettingsAckFilter:
+    """Keeps a client's ACK of the detector's SETTINGS from the target.
+
+    The detector sent SETTINGS (:data:`EMPTY_SETTINGS`) that the target (a
+    gRPC server, Twisted's HTTP/2 server) never sent; strict servers (Go's)
+    answer an ACK of SETTINGS they did not send with PROTOCOL_ERROR.  Peers
+    acknowledge SETTINGS in the order they received them (RFC 9113 section
+    6.5.3), and the detector's were sent before the target's, so the
+    client's *first* SETTINGS ACK is the detector's: this drops exactly that
+    frame and passes every other byte through unchanged::
+
+        >>> ack = b"\\x00\\x00\\x00\\x04\\x01\\x00\\x00\\x00\\x00"
+        >>> strip = SettingsAckFilter()
+        >>> strip.feed(PREFACE + ack + b"rest") == PREFACE + b"rest"
+        True
+        >>> strip.done
+        True
+
+    Frame payloads pass through as they arrive; only a frame header split
+    across reads is held back until its nine bytes are in.  A stream that
+    does not open with the HTTP/2 preface (a client handed to a fallback
+    route) is passed through untouched.
+    """
+
+    __slots__ = ("_header", "_passing", "_preface", "done")
+
+    def __init__(self) -> None:
+        self._preface = 0  # how much of the preface has been checked
+        self._passing = 0  # payload bytes to pass before the next header
+        self._header = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Return ``data`` without the first SETTINGS ACK frame."""
+        if self.done:
+            return data
+        if self._preface < len(PREFACE):
+            expected = PREFACE[self._preface : self._preface + len(data)]
+            if not data.startswith(expected):
+                self.done = True  # not HTTP/2: nothing to remove
+                return data
+            self._preface += len(expected)
+            if self._preface < len(PREFACE):
+                return data
+            return expected + self._frames(data[len(expected) :])
+        return self._frames(data)
+
+    def _frames(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        view = memoryview(data)
+        while view and not self.done:
+            if self._passing:
+                taken = view[: self._passing]
+                out.append(bytes(taken))
+                self._passing -= len(taken)
+                view = view[len(taken) :]
+                continue
+            needed = _FRAME_HEADER - len(self._header)
+            self._header += bytes(view[:needed])
+            view = view[needed:]
+            if len(self._header) < _FRAME_HEADER:
+                break
+            header, self._header = self._header, b""
+            length = int.from_bytes(header[:3], "big")
+            if header[3] == _SETTINGS and header[4] & _ACK and length == 0:
+                self.done = True
+            else:
+                out.append(header)
+                self._passing = length
+        out.append(bytes(view))
+        return b"".join(out)

@@ -29,18 +29,40 @@ class Outcome(enum.Enum):
     NEED_MORE = "need more"
 
 
+class AnswerFilter(Protocol):
+    """Removes the client's answer to a probe from the bytes a target receives.
+
+    It is fed the client's bytes in order, from the first byte the matchers
+    saw, and returns what the target is to receive of them.  Once ``done``
+    is true it would pass everything through unchanged, and the detector
+    stops feeding it (and leaves the data path).
+    """
+
+    done: bool
+
+    def feed(self, data: bytes) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A matcher's answer, with the bytes it needs sent to the peer, if any.
+    """A matcher's answer, with what it needs written to the peer, if anything.
 
     ``send`` is only meaningful with ``NEED_MORE``: it is how a matcher that
     waits on a client which itself waits for the server (HTTP/2 clients that
     wait for SETTINGS) makes progress.  The detector writes each distinct
     ``send`` at most once per connection.
+
+    The client may answer what was sent; the target the connection goes to
+    never sent it, so the answer may not be for the target's eyes (an HTTP/2
+    server that gets an ACK of SETTINGS it never sent closes the
+    connection).  ``answer_filter`` makes a fresh :class:`AnswerFilter` that
+    removes the answer; the detector applies one to every connection it
+    wrote ``send`` to, whichever route takes it.
     """
 
     outcome: Outcome
     send: bytes = b""
+    answer_filter: Callable[[], AnswerFilter] | None = None
 
 
 MATCH = Verdict(Outcome.MATCH)
