@@ -769,7 +769,7 @@ def test_a_connection_the_listener_closed_is_not_blamed_on_the_client() -> None:
 
 def test_each_decided_connection_gets_one_debug_line() -> None:
     with captured_logs() as logs:
-        harness = Harness(THREE)
+        harness = Harness(THREE, log_decisions=True)
         harness.feed(b"ECH")
         harness.clock.advance(0.25)
         harness.feed(b"O hi")
@@ -777,9 +777,9 @@ def test_each_decided_connection_gets_one_debug_line() -> None:
     assert line == "txcmux: 127.0.0.1:40000: route echo after 7 bytes in 250.000 ms"
 
 
-def test_decision_lines_can_be_turned_off() -> None:
+def test_decision_lines_are_off_by_default() -> None:
     with captured_logs() as logs:
-        harness = Harness(THREE, log_decisions=False)
+        harness = Harness(THREE)
         harness.feed(b"ECHO hi")
     assert harness.chosen() is not None
     assert not [line for line in logs if "route echo" in line]
