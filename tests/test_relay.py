@@ -32,9 +32,9 @@ from txcmux import (
     Handoff,
     ProtocolSwitchingFactory,
     Route,
-    _relay,
     matchers,
 )
+from txcmux._relay import _relay
 from txcmux.relay import (
     NamedUNIXClientEndpoint,
     RelayFactory,

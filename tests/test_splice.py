@@ -13,7 +13,8 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from txcmux import ProtocolSwitchingFactory, Route, _relay, matchers
+from txcmux import ProtocolSwitchingFactory, Route, matchers
+from txcmux._relay import _relay
 from txcmux.relay import NamedUNIXClientEndpoint, RelayFactory
 
 from .grpc_support.net import listen, wait_until

@@ -11,13 +11,13 @@ pipe with ``splice(2)``: no copy into Python, no Python call per chunk::
 
 Each direction is a :class:`_Pump` that takes the place of its source's
 ``doRead`` and of its destination's ``doWrite`` (the reactor calls them as
-it called the transports' own).  Until its pipe is empty a pump has the
-destination write for it; then the destination's own ``doWrite`` runs, so
-Twisted's half-close and close still flush and shut down as usual.  A full
+it called the transports' own; :mod:`txcmux._compat` lists what of Twisted
+this relies on).  Until its pipe is empty a pump has the destination write
+for it; then the destination's own ``doWrite`` runs, so Twisted's
+half-close and close still flush and shut down as usual.  A full
 destination stops the source's reading until it drains, as a producer
-pause would.  Measured on a 2-core machine, relaying 1 GiB over loopback:
-997 MiB/s with the Python data path, 1,830 MiB/s with splice (see
-docs/performance.md).
+pause would.  What this gains is measured in docs/performance.md (the
+relay-bulk row, and the splice step under "What was profiled and fixed").
 """
 
 from __future__ import annotations
@@ -26,52 +26,40 @@ import fcntl
 import os
 from typing import Any
 
-from twisted.internet import endpoints, main, tcp
+from twisted.internet import main
 
-try:
-    from twisted.internet import unix
-except ImportError:  # pragma: no cover - every POSIX Twisted has it
-    unix = None  # type: ignore[assignment]
+from .. import _compat
 
-_SPLICE = getattr(os, "splice", None)
+_SPLICE = getattr(os, "splice", None) if _compat.SPLICE_READY else None
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 #: The most one splice call moves.
 _CHUNK = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: Pipe sizes tried for bulk transfers, largest first (measured, 1 GiB over
-#: loopback: 64 KiB pipes 1.2 GB/s, 256 KiB 1.8 GB/s, 1 MiB 1.9 GB/s), and
-#: how many bytes make a transfer bulk.
+#: loopback: 256 KiB pipes moved half as much again as the default 64 KiB
+#: ones, 1 MiB pipes a little more), and how many bytes make a transfer bulk.
 _BULK_PIPE_SIZES = (1 << 20, 1 << 18)
 _BULK = 1 << 20
-_ENDPOINT_FORWARDER: Any = getattr(endpoints, "_WrappingProtocol", None)
-_SOCKET_TRANSPORTS: tuple[type, ...] = (tcp.Server, tcp.Client)
-if unix is not None:
-    _SOCKET_TRANSPORTS += (unix.Server, unix.Client)
 
 
 def _calls_directly(transport: Any, end: Any) -> bool:
     """Whether ``transport`` hands its bytes to ``end`` unchanged.
 
     A protocol still between them that looks at the bytes (the detector,
-    until the client's SETTINGS ACK has gone by) must keep seeing them, and
+    while it still filters the client's bytes) must keep seeing them, and
     splicing would take them past it.  Twisted's client endpoints put a
-    forwarder (``_WrappingProtocol``) in front of the backend side; it passes
-    bytes through as they are.
+    forwarder in front of the backend side; it passes bytes through as they
+    are.
     """
     protocol = getattr(transport, "protocol", None)
-    if protocol is end:
-        return True
-    return (
-        type(protocol) is _ENDPOINT_FORWARDER
-        and getattr(protocol, "_wrappedProtocol", None) is end
-    )
+    return protocol is end or _compat.forwarded_to(protocol) is end
 
 
 def _plain_socket(end: Any) -> bool:
     """Whether ``end``'s transport is a tcp/unix socket, without TLS, calling it."""
     transport = end.transport
     return (
-        type(transport) in _SOCKET_TRANSPORTS
+        type(transport) in _compat.SOCKET_TRANSPORTS
         and _calls_directly(transport, end)
         and not getattr(transport, "TLS", False)
         and transport.connected
@@ -87,16 +75,16 @@ class _Pump:
         self.sink = sink
         self.counter = counter  # the relay end whose ``received`` counts bytes
         self.pipe_out, self.pipe_in = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.pending = 0
+        self.pending = 0  # bytes in the pipe, not yet in the sink
         self.moved = 0  # bytes moved so far
-        self.grown = False  # bytes in the pipe, not yet in the sink
+        self.grown = False  # the pipe was made bigger for a bulk transfer
         self.ended = False  # the source sent EOF
         self.broken = False  # the sink refused bytes: it is lost
         self.source_fd = source.fileno()
         self.sink_fd = sink.fileno()
         self._sink_do_write = sink.doWrite
-        source.doRead = self.do_read
-        sink.doWrite = self.do_write
+        _compat.take_over_io(source, do_read=self.do_read)
+        _compat.take_over_io(sink, do_write=self.do_write)
 
     def do_read(self) -> Any:
         """The source is readable: splice what it has into the pipe, then on."""
@@ -174,8 +162,8 @@ class _Pump:
             os.close(self.pipe_out)
             self.pipe_in = self.pipe_out = -1
             self.pending = 0
-        vars(self.source).pop("doRead", None)
-        vars(self.sink).pop("doWrite", None)
+        _compat.give_back_io(self.source, read=True)
+        _compat.give_back_io(self.sink, write=True)
 
 
 Pumps = tuple[_Pump, _Pump]
@@ -189,19 +177,18 @@ def start(one: Any, other: Any, first: bytes = b"") -> tuple[Pumps | None, bool]
     ``first`` is what ``one`` received earlier and must reach ``other``
     before anything else.  Returns ``(pumps, wrote_first)``: pumps is None
     where splice(2) is unavailable, a transport is not a plain socket (TLS,
-    a wrapper, a test double) or calls another protocol first (the detector,
-    until the client's SETTINGS ACK has gone by), or ``first`` could not be
-    sent at once (it
-    is then written the ordinary way); ``wrote_first`` says whether this
-    function took care of ``first``.
+    a wrapper, a test double) or calls another protocol first (the
+    detector, while it still filters the client's bytes), or ``first``
+    could not be sent at once (it is then written the ordinary way);
+    ``wrote_first`` says whether this function took care of ``first``.
     """
     if _SPLICE is None or not (_plain_socket(one) and _plain_socket(other)):
         return None, False
     sink = other.transport
     if first:
-        sent = sink.writeSomeData(first)
-        if not isinstance(sent, int) or sent < len(first):
-            sink.write(first[sent:] if isinstance(sent, int) else first)
+        sent = _compat.write_now(sink, first)
+        if sent is None or sent < len(first):
+            sink.write(first[sent:] if sent is not None else first)
             return None, True
     try:
         forward = _Pump(one.transport, sink, one)

@@ -4,127 +4,57 @@ A route whose factory is a :class:`RelayFactory` passes its connections on,
 byte for byte, to another server (a gRPC server, sshd, anything that speaks
 over a stream)::
 
-    from txcmux import ProtocolSwitchingFactory, Route, matchers
-    from txcmux.relay import RelayFactory
-
-    ssh = RelayFactory("tcp:host=127.0.0.1:port=22", name="ssh")
-    mux = ProtocolSwitchingFactory([Route("ssh", matchers.ssh(), ssh)])
+    >>> from twisted.internet.task import Clock
+    >>> from txcmux import ProtocolSwitchingFactory, Route, matchers
+    >>> ssh = RelayFactory("tcp:host=127.0.0.1:port=22", name="ssh", reactor=Clock())
+    >>> mux = ProtocolSwitchingFactory([Route("ssh", matchers.ssh(), ssh)])
+    >>> ssh
+    <RelayFactory ssh -> tcp:host=127.0.0.1:port=22>
 
 The client's reading is paused until the backend answers; what it sent
 meanwhile (the detector's replay) is written to the backend first.  Each
 side is the other's streaming producer, so a slow reader pauses the fast
 sender instead of filling memory.  A half-close on one side becomes a
 half-close on the other (tcp and unix transports); a clean close is passed
-on as a clean close after flushing, a reset or abort as an abort.
+on as a clean close after flushing, a reset or abort as an abort.  Between
+two plain sockets on Linux the kernel moves the bytes (:mod:`._splice`).
 
-This module also keeps a process-wide map from each backend connection's
-local address to the real client it carries (:func:`lookup_client`), and
-has :class:`NamedUNIXClientEndpoint`, whose unix sockets carry a unique
-name so that a backend can tell its relayed clients apart.
+Each backend connection joined is reported to the factory's ``clients``
+(:class:`~._clients.IRelayedClients`), by default the process-wide
+registry the in-process gRPC server reads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import itertools
-import os
-import secrets
-import socket
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote
 
 from twisted.internet import defer, endpoints, error
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
-    IDelayedCall,
     IHalfCloseableDescriptor,
     IHalfCloseableProtocol,
     IProtocol,
-    IProtocolFactory,
     IPushProducer,
-    IReactorSocket,
     IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._log import describe_peer
-from ._errors import ConfigurationError
-from ._handoff import Handoff, IHandoffReceiver
+from .. import _compat
+from .._errors import ConfigurationError
+from .._grpc._peers import CLIENTS
+from .._handoff import Handoff, IHandoffReceiver
+from .._log import describe_peer, log
+from ._clients import IRelayedClients
 from ._splice import Pumps
 from ._splice import close as _close_pumps
 from ._splice import start as _start_pumps
-
-_log = Logger(namespace="txcmux")
-
-# -- who is behind a backend connection ---------------------------------------
-
-#: Backend-connection local address (as a gRPC-style peer string) -> the
-#: clients relayed from it: normally one; two live connections to different
-#: backends may share a local tcp port, and then nobody can say which.
-#: Written from the reactor thread, read from any thread (the values are
-#: tuples, replaced whole).
-_clients: dict[str, tuple[IAddress, ...]] = {}
-
-
-def _remember(key: str, client: IAddress) -> None:
-    _clients[key] = (*_clients.get(key, ()), client)
-
-
-def _forget(key: str, client: IAddress) -> None:
-    remaining = tuple(known for known in _clients.get(key, ()) if known is not client)
-    if remaining:
-        _clients[key] = remaining
-    else:
-        _clients.pop(key, None)
-
-
-def peer_key(address: IAddress) -> str | None:
-    """Spell ``address`` the way grpcio's ``context.peer()`` spells a peer.
-
-    ``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``, ``unix:/path`` or
-    ``unix-abstract:name``; None for addresses that name nobody in
-    particular (an unbound unix socket).
-
-    >>> from twisted.internet.address import IPv4Address
-    >>> peer_key(IPv4Address("TCP", "127.0.0.1", 5000))
-    'ipv4:127.0.0.1:5000'
-    """
-    if isinstance(address, IPv4Address):
-        return f"ipv4:{address.host}:{address.port}"
-    if isinstance(address, IPv6Address):
-        return f"ipv6:[{address.host}]:{address.port}"
-    if isinstance(address, UNIXAddress) and address.name:
-        name = address.name
-        text = os.fsdecode(name)
-        if text.startswith("\0"):
-            return "unix-abstract:" + text[1:]
-        return "unix:" + text
-    return None
-
-
-def lookup_client(peer: str) -> IAddress | None:
-    """The real client behind the backend connection known as ``peer``.
-
-    ``peer`` is the backend's view of a relay connection's far end, spelled
-    as grpcio spells it (``ipv4:127.0.0.1:41234``, ``ipv6:%5B::1%5D:41234``,
-    ``unix:/run/txcmux/c1-2-ab``).  Returns the address of the client the
-    relay carries on that connection, or None when no live relay connection
-    of this process has that local address (or, rarely, two connections to
-    different tcp backends share it).  Safe to call from any thread.
-    """
-    found = _clients.get(unquote(peer), ())
-    return found[0] if len(found) == 1 else None
-
-
-# -- the relay -----------------------------------------------------------------
 
 
 def _close_write(transport: Any) -> None:
@@ -258,7 +188,7 @@ class RelayProtocol(_End):
         self._address = address
         self._pending: list[bytes] | None = []
         self._connecting: Deferred[IProtocol] | None = None
-        self._registered: tuple[str, IAddress] | None = None
+        self._forget: Callable[[], object] | None = None
         self._pumps: Pumps | None = None
         self._counted = False
         self._done = False
@@ -318,7 +248,7 @@ class RelayProtocol(_End):
             if not self._counted:
                 self._counted = True
                 self.relay.stats["client_left"] += 1
-                _log.info(
+                log.info(
                     "txcmux: route {route}: {peer} left before backend"
                     " {backend} answered",
                     route=self.route,
@@ -349,10 +279,9 @@ class RelayProtocol(_End):
             return
         self.other, backend.other = backend, self
         self.relay.stats["connected"] += 1
-        key, peer = peer_key(server.getHost()), self.peer
-        if key is not None and peer is not None:
-            self._registered = (key, peer)
-            _remember(key, peer)
+        peer = self.peer
+        if peer is not None:
+            self._forget = self.relay.clients.relayed(server.getHost(), peer)
         if self.relay.no_delay:
             _no_delay(client)
             _no_delay(server)
@@ -378,7 +307,7 @@ class RelayProtocol(_End):
             return
         self.relay.stats["backend_failed"] += 1
         self._counted = True
-        _log.warn(
+        log.warn(
             "txcmux: route {route}: backend {backend} failed for {peer}:"
             " {why}; closing the client",
             route=self.route,
@@ -406,11 +335,12 @@ class RelayProtocol(_End):
         stats["closed_clean" if clean else "closed_error"] += 1
         stats["bytes_up"] += self.received
         stats["bytes_down"] += backend.received
-        if self._registered is not None:
-            _forget(*self._registered)
+        forget, self._forget = self._forget, None
+        if forget is not None:
+            forget()
         _close_pumps(self._pumps)
         self._pumps = None
-        (_log.debug if clean else _log.info)(
+        (log.debug if clean else log.info)(
             "txcmux: route {route}: relay {peer} <-> {backend} closed {how}"
             " by the {side} ({up} bytes up, {down} down)",
             route=self.route,
@@ -461,11 +391,6 @@ class _BackendFactory(ClientFactory):
         return backend
 
 
-def _failure(kind: type[error.ConnectError], text: str) -> error.ConnectError:
-    """A Twisted connect error carrying ``text``."""
-    return kind(string=text)
-
-
 def _why(reason: Failure) -> str:
     value = reason.value
     if isinstance(value, (error.TimeoutError, defer.TimeoutError)):
@@ -477,13 +402,7 @@ def _why(reason: Failure) -> str:
 def _describe_endpoint(endpoint: object) -> str:
     if isinstance(endpoint, str):
         return endpoint
-    for host, port in (("_hostText", "_port"), ("_host", "_port")):
-        if hasattr(endpoint, host) and hasattr(endpoint, port):
-            return f"tcp:{getattr(endpoint, host)}:{getattr(endpoint, port)}"
-    path = getattr(endpoint, "_path", None)
-    if path is not None:
-        return f"unix:{path}"
-    return repr(endpoint)
+    return _compat.endpoint_address(endpoint) or repr(endpoint)
 
 
 class RelayFactory(Factory):
@@ -495,8 +414,11 @@ class RelayFactory(Factory):
     (default: the route the detector chose).  ``connect_timeout`` is how
     many seconds the backend has to accept before the client is closed.
     ``no_delay`` turns Nagle's algorithm off on tcp sides (what gRPC and
-    other request-response protocols want).  ``reactor`` defaults to the
-    global reactor; it parses endpoint strings and times the connect.
+    other request-response protocols want).  ``reactor`` (the global one by
+    default) parses endpoint strings: the endpoints made connect with it.
+    ``clock`` times the connect (default: ``reactor``).  ``clients`` is told
+    which client each backend connection carries (default: the process-wide
+    registry behind ``txcmux.relay.lookup_client``).
 
     ``stats`` counts ``connected`` (backend reached), ``backend_failed``,
     ``client_left`` (client gone before the backend answered),
@@ -513,11 +435,14 @@ class RelayFactory(Factory):
         self,
         endpoint: str | IStreamClientEndpoint,
         *,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
+        clock: IReactorTime | None = None,
         name: str | None = None,
         connect_timeout: float = 10,
         no_delay: bool = True,
+        clients: IRelayedClients | None = None,
     ) -> None:
+        where = f"relay {name!r}" if name else "relay"
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -527,29 +452,36 @@ class RelayFactory(Factory):
                 parsed = endpoints.clientFromString(reactor, endpoint)  # type: ignore[no-untyped-call]
             except Exception as problem:
                 raise ConfigurationError(
-                    f"relay{' ' + repr(name) if name else ''}: cannot use"
-                    f" {endpoint!r} as a backend endpoint ({problem}); expected"
-                    " a client endpoint string such as"
+                    f"{where}: cannot use {endpoint!r} as a backend endpoint"
+                    f" ({problem}); expected a client endpoint string such as"
                     " 'tcp:host=127.0.0.1:port=50051' or 'unix:path=/run/app.sock'"
                 ) from problem
         elif IStreamClientEndpoint.providedBy(endpoint):
             parsed = endpoint
         else:
             raise ConfigurationError(
-                f"relay{' ' + repr(name) if name else ''}: {endpoint!r} is neither"
-                " an endpoint string nor an IStreamClientEndpoint"
+                f"{where}: endpoint is {endpoint!r}; expected an endpoint string"
+                " or an IStreamClientEndpoint"
             )
-        if not connect_timeout > 0:
+        if isinstance(connect_timeout, bool) or not (
+            isinstance(connect_timeout, int | float) and connect_timeout > 0
+        ):
             raise ConfigurationError(
-                f"connect_timeout must be a positive number of seconds,"
-                f" not {connect_timeout!r}"
+                f"{where}: connect_timeout is {connect_timeout!r}; expected a"
+                " positive number of seconds"
+            )
+        if clients is not None and not IRelayedClients.providedBy(clients):
+            raise ConfigurationError(
+                f"{where}: clients is {clients!r}; expected an IRelayedClients"
+                " (an object with relayed(local, client))"
             )
         self.endpoint: IStreamClientEndpoint = parsed
         self._described = endpoint if isinstance(endpoint, str) else None
         self.name = name
         self.connect_timeout = connect_timeout
         self.no_delay = no_delay
-        self.clock: IReactorTime = reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.clients: IRelayedClients = clients if clients is not None else CLIENTS
         self.stats: Counter[str] = Counter()
         self.active = 0
 
@@ -571,153 +503,3 @@ class RelayFactory(Factory):
         return f"<RelayFactory{name} -> {self.backend}>"
 
 
-# -- unix sockets with names ---------------------------------------------------
-
-_sequence = itertools.count(1)
-_RETRY = 0.005
-_MAX_UNIX_PATH = 107
-
-
-@implementer(IStreamClientEndpoint)
-class NamedUNIXClientEndpoint:
-    """A unix-socket client endpoint whose sockets are bound to unique names.
-
-    An ordinary unix client socket has no name, so the server sees every
-    client as ``unix:`` and cannot tell them apart.  This endpoint binds
-    each client socket to a fresh path in ``name_dir`` (then unlinks the
-    file; the socket keeps the name), so the server's ``getpeername`` (and
-    grpcio's ``context.peer()``) is unique per connection, and
-    :func:`lookup_client` can map it back to the relayed client.
-    ``name_dir`` should be a private directory (mode 0700) of this process.
-    ``timeout`` bounds the wait while the server's listen queue is full.
-
-        endpoint = NamedUNIXClientEndpoint(reactor, "/run/app/grpc.sock",
-                                           name_dir="/run/txcmux")
-        relay = RelayFactory(endpoint, name="grpc")
-    """
-
-    def __init__(
-        self, reactor: Any, path: str, name_dir: str, timeout: float = 30.0
-    ) -> None:
-        if not IReactorSocket.providedBy(reactor):
-            raise ConfigurationError(
-                f"{reactor!r} cannot adopt sockets; NamedUNIXClientEndpoint"
-                " needs a reactor providing IReactorSocket"
-            )
-        self._reactor = reactor
-        self._path = path
-        self.name_dir = name_dir
-        self.timeout = timeout
-
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        """Connect a fresh, uniquely named socket to the server's path."""
-        name = os.path.join(
-            self.name_dir,
-            f"c{os.getpid()}-{next(_sequence)}-{secrets.token_hex(4)}",
-        )
-        if len(os.fsencode(name)) > _MAX_UNIX_PATH:
-            return fail(
-                _failure(
-                    error.ConnectError,
-                    f"client socket name {name!r} is too long for a"
-                    " unix socket; use a shorter name_dir",
-                )
-            )
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            sock.bind(name)
-            os.unlink(name)  # the socket keeps its name; no file is left over
-        except OSError as problem:
-            sock.close()
-            return fail(
-                _failure(
-                    error.ConnectError,
-                    f"cannot name a client socket in {self.name_dir}: {problem}",
-                )
-            )
-        return _UNIXConnect(self._reactor, sock, self._path, self.timeout).start(
-            protocolFactory
-        )
-
-    def __repr__(self) -> str:
-        return f"unix:{self._path}"
-
-
-class _UNIXConnect:
-    """One non-blocking unix connect, retried while the listen queue is full."""
-
-    def __init__(self, reactor: Any, sock: socket.socket, path: str, timeout: float):
-        self._reactor = reactor
-        self._sock: socket.socket | None = sock
-        self._path = path
-        self._deadline = reactor.seconds() + timeout
-        self._retry: IDelayedCall | None = None
-        self._factory: IProtocolFactory | None = None
-        self._result: Deferred[IProtocol] = Deferred(self._cancel)
-
-    def start(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        self._factory = factory
-        self._attempt()
-        return self._result
-
-    def _attempt(self) -> None:
-        self._retry = None
-        sock = self._sock
-        assert sock is not None
-        code = sock.connect_ex(self._path)
-        if code in (0, errno.EISCONN):
-            self._adopt(sock)
-        elif code in (errno.EAGAIN, errno.EINPROGRESS, errno.EALREADY):
-            if self._reactor.seconds() >= self._deadline:
-                self._give_up(
-                    _failure(error.TimeoutError, f"connecting to {self._path}")
-                )
-            else:
-                self._retry = self._reactor.callLater(_RETRY, self._attempt)
-        elif code == errno.ECONNREFUSED:
-            self._give_up(_failure(error.ConnectionRefusedError, self._path))
-        else:
-            self._give_up(
-                _failure(error.ConnectError, f"{self._path}: {os.strerror(code)}")
-            )
-
-    def _adopt(self, sock: socket.socket) -> None:
-        self._sock = None
-        built: list[IProtocol] = []
-        factory: Any = self._factory
-
-        class _Once(Factory):
-            def buildProtocol(self, addr: IAddress | None) -> Any:
-                protocol = factory.buildProtocol(addr)
-                if protocol is not None:
-                    built.append(protocol)
-                return protocol
-
-        try:
-            self._reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, _Once())
-        except Exception:
-            self._result.errback()
-            return
-        finally:
-            sock.close()  # the reactor holds its own duplicate
-        if built:
-            self._result.callback(built[0])
-        else:
-            self._result.errback(
-                _failure(error.ConnectError, "the factory built nothing")
-            )
-
-    def _give_up(self, problem: Exception) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self._result.errback(problem)
-
-    def _cancel(self, result: Deferred[IProtocol]) -> None:
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
