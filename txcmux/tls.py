@@ -1,15 +1,20 @@
 """TLS on a txcmux port: terminate it and detect again, or pass it through.
 
-Terminate TLS and route the decrypted bytes with a second detector::
+Terminate TLS and route the decrypted bytes with a second detector; the
+ALPN offer follows from the inner routes' matchers::
 
-    from txcmux import ProtocolSwitchingFactory, Route, matchers
-    from txcmux.tls import TLSTerminationFactory
+    >>> from twisted.web.resource import Resource
+    >>> from twisted.web.server import Site
+    >>> from txcmux import Route, matchers
+    >>> from txcmux.tls import protocols_for_routes
+    >>> site = Site(Resource())
+    >>> inner = [Route("web", [matchers.http1(), matchers.http2()], site)]
+    >>> protocols_for_routes(inner)
+    ['h2', 'http/1.1']
 
-    https = TLSTerminationFactory(
-        "server.pem", "server.key",
-        [Route("web", [matchers.http1(), matchers.http2()], site)],
-        alpn=["h2", "http/1.1"],
-    )
+and, with the certificate files::
+
+    https = TLSTerminationFactory("server.pem", "server.key", inner)
     mux = ProtocolSwitchingFactory([
         Route("pass", matchers.tls(sni="pass.example"), relay_to_backend),
         Route("tls", matchers.tls(), https),
@@ -28,14 +33,10 @@ encrypted, to a backend that keeps its own certificate.
 
 from __future__ import annotations
 
-from ._tls_termination import (
-    Identity,
-    TLSTerminationFactory,
-    peer_certificate,
-    protocols_for_routes,
-    server_name,
-    ssl_connection,
-)
+from ._tls._alpn import protocols_for_routes
+from ._tls._factory import TLSTerminationFactory
+from ._tls._inspect import peer_certificate, server_name, ssl_connection
+from ._tls._pem import Identity
 
 __all__ = [
     "Identity",
