@@ -39,8 +39,9 @@ from twisted.web.server import Request, Site
 from zope.interface import directlyProvides
 
 from txcmux import ConfigurationError, ProtocolSwitchingFactory, Route, matchers
+from txcmux._web._channel import _ChannelChooser, _unwrapped
 from txcmux.matchers import EMPTY_SETTINGS, PREFACE
-from txcmux.web import WebFactory, _ChannelChooser, _unwrapped, http1_channel
+from txcmux.web import WebFactory, http1_channel
 
 from .logs import captured_logs
 
