@@ -20,7 +20,7 @@ from ._factory import ProtocolSwitchingFactory
 from ._handoff import Handoff, IHandoffFactory, IHandoffReceiver
 from ._route import Route
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "ConfigurationError",
