@@ -169,6 +169,9 @@ def test_stats_keys_are_named() -> None:
         "closed.too_long",
         "closed.timeout",
         "closed.no_protocol",
+        "closed.proxy_invalid",
+        "closed.proxy_untrusted",
+        "closed.proxy_missing",
     ]
     assert {str(s) for s in Stat} == {
         "accepted",

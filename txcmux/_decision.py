@@ -56,6 +56,12 @@ class Reason(enum.StrEnum):
     TIMEOUT = "timeout"
     #: The chosen route's factory returned None instead of a protocol.
     NO_PROTOCOL = "no_protocol"
+    #: A malformed PROXY protocol header.
+    PROXY_INVALID = "proxy_invalid"
+    #: A PROXY header from a peer outside ``trusted_proxies``.
+    PROXY_UNTRUSTED = "proxy_untrusted"
+    #: No PROXY header where one is required.
+    PROXY_MISSING = "proxy_missing"
 
 
 class Stat(enum.StrEnum):

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._decision import Reason, Reject, Stat, Wait, closed
-from ._handoff import Handoff, IHandoffReceiver, install
+from ._handoff import Handoff, IHandoffReceiver, install, present_client
 from ._log import SHOWN_BYTES, describe_peer, log
 from ._prelude import PreludeRead
 from ._route import FilterChain, Route
@@ -163,6 +163,9 @@ class Detector(Protocol):
                 self._client = result.client
             if result.info is not None:
                 self._prelude_info = result.info
+            present_client(
+                self.transport, result.client, result.destination, result.info
+            )
             self._buffer = buffered[result.consumed :]
             if self._buffer or eof or self._switch.decider.decides_on_connect:
                 self._decide(eof)
@@ -238,8 +241,7 @@ class Detector(Protocol):
         switch.stats[route.counter] += 1
         if switch.log_decisions:
             log.debug(
-                "txcmux: {peer}: route {route} after {size} bytes"
-                " in {ms:.3f} ms",
+                "txcmux: {peer}: route {route} after {size} bytes in {ms:.3f} ms",
                 peer=describe_peer(peer),
                 route=route.name,
                 size=len(buffered),

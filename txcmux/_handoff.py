@@ -10,6 +10,7 @@ on.  Producer registrations belong to the transport and survive the swap.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, NamedTuple
 
 from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
@@ -80,3 +81,49 @@ def install(transport: Any, current: object, new: object) -> bool:
             setattr(transport, attribute, new)
             return True
     return False
+
+
+#: What each connection's prelude header carried, by transport (see
+#: :func:`prelude_of`); entries go with their transports.
+_preludes: weakref.WeakKeyDictionary[Any, object] = weakref.WeakKeyDictionary()
+
+
+def present_client(
+    transport: Any,
+    client: IAddress | None,
+    destination: IAddress | None,
+    info: object,
+) -> None:
+    """Make ``transport`` speak for the client a prelude header named.
+
+    From then on its ``getPeer()`` answers ``client`` and its ``getHost()``
+    ``destination`` (where given), for every protocol that asks: the Site's
+    log and ``request.getClientAddress()``, a TLS layer above it, the
+    relay.  ``info`` is kept for :func:`prelude_of`.
+    """
+    if client is not None:
+        transport.getPeer = lambda: client
+    if destination is not None:
+        transport.getHost = lambda: destination
+    if info is not None:
+        _preludes[transport] = info
+
+
+def prelude_of(thing: object) -> object:
+    """What the prelude header of ``thing``'s connection carried, or None.
+
+    ``thing`` is a transport, or anything reaching one through ``transport``
+    or ``channel`` attributes (a protocol, a twisted.web request, a TLS
+    layer over the socket).
+    """
+    seen = 0
+    while thing is not None and seen < 8:
+        try:
+            found = _preludes.get(thing)
+        except TypeError:  # not weakly referenceable: not a transport of ours
+            found = None
+        if found is not None:
+            return found
+        thing = getattr(thing, "transport", None) or getattr(thing, "channel", None)
+        seen += 1
+    return None

@@ -42,13 +42,18 @@ class PreludeRead(NamedTuple):
     """A prelude's header, read.
 
     ``consumed`` is how many bytes it took; ``client`` the client it names
-    (None: the connection's own peer); ``info`` whatever else it carried,
-    for the target (it reaches it as :attr:`txcmux.Handoff.prelude`).
+    (None: the connection's own peer) and ``destination`` the address that
+    client connected to (None: the connection's own); ``info`` whatever
+    else it carried, for the targets (it reaches them as
+    :attr:`txcmux.Handoff.prelude`, and through ``txcmux._handoff.prelude_of``).
+    From then on the transport's ``getPeer()`` and ``getHost()`` answer
+    ``client`` and ``destination``.
     """
 
     consumed: int
     client: IAddress | None = None
     info: object = None
+    destination: IAddress | None = None
 
 
 class Prelude(Protocol):
