@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from txcmux import ConfigurationError, ProtocolSwitchingFactory, Route, matchers
 from txcmux.grpcserver import GrpcServer
+from txcmux.matchers import FunctionMatcher, Verdict
 from txcmux.relay import RelayFactory
 from txcmux.tls import (
     TLSTerminationFactory,
@@ -925,6 +926,33 @@ def test_alpn_from_routes(routes: list[Route], expected: list[str]) -> None:
     assert list(_factory(routes=routes).alpn) == expected
 
 
+class _NamelessMatcher:
+    """A third-party matcher: a name and max_bytes, and no alpn attribute."""
+
+    name = "http2_lookalike"  # the name alone no longer implies h2
+    max_bytes = 4
+
+    def __call__(self, data: bytes) -> Verdict:
+        return matchers.prefix(b"PRI ")(data)
+
+
+def test_alpn_is_what_custom_matchers_declare() -> None:
+    imap = FunctionMatcher("imap", 4, matchers.prefix(b"A001"), alpn=(b"imap",))
+    assert protocols_for_routes([_route("i", imap)]) == ["imap"]
+    assert protocols_for_routes(
+        [_route("i", imap), _route("w", matchers.http1()), _route("g", matchers.grpc())]
+    ) == ["h2", "http/1.1", "imap"]
+    named_like_http2 = FunctionMatcher("http2_custom", 4, matchers.prefix(b"PRI "))
+    assert protocols_for_routes([_route("n", named_like_http2)]) == []
+    assert protocols_for_routes([_route("t", _NamelessMatcher())]) == []
+    site = server.Site(WhoAmI())
+    assert protocols_for_routes([_route("t", _NamelessMatcher(), site)]) == [
+        "h2",
+        "http/1.1",
+    ]
+    assert _factory(routes=[_route("i", imap)]).alpn == ("imap",)
+
+
 def test_explicit_alpn_wins() -> None:
     assert _factory(alpn=["http/1.1"]).alpn == ("http/1.1",)
     assert _factory(alpn=[]).alpn == ()
@@ -983,6 +1011,10 @@ def _errors(tmp_path: Path) -> list[tuple[dict[str, Any], list[str]]]:
             ["'sometimes'", "'required' or 'optional'"],
         ),
         ({"alpn": [""]}, ["ALPN protocol ''"]),
+        ({"alpn": 5}, ["alpn is 5", "expected a list"]),
+        ({"alpn": [b"h2"]}, ["ALPN protocol b'h2'", "ASCII"]),
+        ({"sni": ["a.example"]}, ["sni is ['a.example']", "mapping"]),
+        ({"handshake_timeout": "10"}, ["handshake_timeout is '10'", "seconds"]),
         (
             {"sni": {"a.example": (pki_files.a_certificate,)}},
             ["sni['a.example']", "pair"],
