@@ -36,7 +36,7 @@ ENTRY_POINT_GROUP = "txcmux.matchers"
 
 #: The matcher names that need no plugin, each a function of txcmux.matchers.
 BUILTIN_MATCHERS: Mapping[str, Callable[..., _matchers.Matcher]] = {
-    "any": _matchers.any_,
+    "any": _matchers.any,
     "prefix": _matchers.prefix,
     "http1": _matchers.http1,
     "http1_fast": _matchers.http1_fast,
@@ -67,13 +67,22 @@ class MatcherSource:
 
 
 class MatcherRegistry:
-    """Every matcher name known in this environment."""
+    """Every matcher name known in this environment.
+
+    ``warnings`` holds what building it logged (a plugin ignored, a name
+    claimed twice), for ``twistd cmux --check`` to print.
+    """
 
     def __init__(self, sources: Iterable[MatcherSource]) -> None:
         self._sources: dict[str, MatcherSource] = {}
         self._ambiguous: dict[str, list[MatcherSource]] = {}
+        self.warnings: list[str] = []
         for source in sources:
             self._add(source)
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        _log.warn("txcmux: {message}", message=message)
 
     def _add(self, source: MatcherSource) -> None:
         if source.name in self._ambiguous:
@@ -83,19 +92,14 @@ class MatcherRegistry:
         if known is None:
             self._sources[source.name] = source
         elif known.source == "built-in":
-            _log.warn(
-                "txcmux: matcher plugin {source} is ignored: {name!r} is a"
-                " built-in matcher name, and built-ins win",
-                source=source.source,
-                name=source.name,
+            self._warn(
+                f"matcher plugin {source.source} is ignored: {source.name!r} is a"
+                " built-in matcher name, and built-ins win"
             )
         elif known.source != source.source:
-            _log.warn(
-                "txcmux: matcher name {name!r} is claimed by both {first} and"
-                " {second}; configs using it will be refused",
-                name=source.name,
-                first=known.source,
-                second=source.source,
+            self._warn(
+                f"matcher name {source.name!r} is claimed by both {known.source}"
+                f" and {source.source}; configs using it will be refused"
             )
             del self._sources[source.name]
             self._ambiguous[source.name] = [known, source]

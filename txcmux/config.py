@@ -18,12 +18,13 @@ calls what the file names and builds the factories.  Matcher names come from
 
 from __future__ import annotations
 
-from ._config_build import CmuxService, make_service
-from ._config_schema import (
+from ._config._build import CmuxService, make_service
+from ._config._matchers import MatcherConfig
+from ._config._schema import (
     Config,
     FactoryTarget,
+    GrpcServerConfig,
     GrpcTarget,
-    MatcherConfig,
     ProxyTarget,
     RouteConfig,
     StaticTarget,
@@ -33,8 +34,8 @@ from ._config_schema import (
     load,
     validate,
 )
-from ._config_schema import parse as loads
-from ._errors import ConfigurationError
+from ._config._schema import parse as loads
+from ._errors import ConfigurationError, ListenError
 from ._plugins import BUILTIN_MATCHERS, ENTRY_POINT_GROUP
 
 __all__ = [
@@ -44,7 +45,9 @@ __all__ = [
     "Config",
     "ConfigurationError",
     "FactoryTarget",
+    "GrpcServerConfig",
     "GrpcTarget",
+    "ListenError",
     "MatcherConfig",
     "ProxyTarget",
     "RouteConfig",

@@ -2,13 +2,16 @@
 
 ::
 
-    twistd -n cmux                       # on tcp:8080
+    twistd -n cmux                       # on 127.0.0.1:8080, this host only
+    twistd -n cmux --listen tcp:8080     # open to other hosts
     twistd -n cmux --listen tcp:9000     # elsewhere
 
 One port serves a small web site over HTTP/1.1 and h2c, and an in-process
 gRPC server with the standard health service (``grpc.health.v1.Health``),
 a ``txcmux.demo.Demo`` service (``Echo`` and ``Greet``) and server
 reflection.  Open ``http://localhost:8080/`` for commands that try each.
+It listens on the loopback interface unless ``--listen`` (or a config
+file) says otherwise, so trying it exposes nothing to the network.
 
 The demo is an ordinary config file, :data:`DEMO_CONFIG`, with two routes::
 
@@ -16,19 +19,25 @@ The demo is an ordinary config file, :data:`DEMO_CONFIG`, with two routes::
     ...     print(route.describe())
     grpc [grpc] -> in-process gRPC (txcmux.demo:add_services)
     web [http1 | http2] -> web txcmux.demo:resource
+    >>> config().listen
+    ('tcp:8080:interface=127.0.0.1',)
 
-Call the demo service from Python (no generated code needed)::
+Call the demo service from Python with nothing but grpcio and
+grpcio-health-checking installed: a ``Message`` has the same wire form as
+protobuf's ``StringValue`` (one string, field 1)::
 
     import grpc
-    from txcmux.demo import Message
+    from google.protobuf.wrappers_pb2 import StringValue
 
     channel = grpc.insecure_channel("localhost:8080")
     greet = channel.unary_unary(
         "/txcmux.demo.Demo/Greet",
-        request_serializer=Message.SerializeToString,
-        response_deserializer=Message.FromString,
+        request_serializer=StringValue.SerializeToString,
+        response_deserializer=StringValue.FromString,
     )
-    print(greet(Message(text="world")).text)     # Hello, world!
+    print(greet(StringValue(value="world")).value)     # Hello, world!
+
+The web page shows the same client as :data:`GRPC_CLIENT`.
 """
 
 from __future__ import annotations
@@ -45,11 +54,13 @@ from google.protobuf import (
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from ._config_schema import Config, parse
+from ._config._schema import Config, parse
 
 __all__ = [
     "DEMO_CONFIG",
     "DEMO_LISTEN",
+    "GRPC_CLIENT",
+    "LOOPBACK_NOTE",
     "SERVICE_NAME",
     "Message",
     "add_services",
@@ -57,12 +68,19 @@ __all__ = [
     "resource",
 ]
 
-DEMO_LISTEN = "tcp:8080"
+#: Where the demo listens by default: port 8080 of the loopback interface.
+DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
 SERVICE_NAME = "txcmux.demo.Demo"
 
+#: What ``twistd -n cmux`` logs when the demo listens where it does by default.
+LOOPBACK_NOTE = (
+    "the built-in demo listens on 127.0.0.1:8080, for this host only; to let"
+    " other hosts in, run twistd -n cmux --listen tcp:8080 (or use --config)"
+)
+
 #: The demo as a config file (``listen`` is replaced by :func:`config`).
-DEMO_CONFIG = """\
-listen = ["tcp:8080"]
+DEMO_CONFIG = f"""\
+listen = ["{DEMO_LISTEN}"]
 
 [[route]]
 name = "grpc"
@@ -78,7 +96,7 @@ web = "txcmux.demo:resource"
 
 def config(listen: Sequence[str] | None = None) -> Config:
     """The demo's :class:`~txcmux.config.Config`, on ``listen`` (default
-    ``tcp:8080``)."""
+    :data:`DEMO_LISTEN`)."""
     return parse(DEMO_CONFIG, source="the built-in demo", listen=listen)
 
 
@@ -160,6 +178,25 @@ def add_services(server: Any) -> None:
 
 # -- the web site ------------------------------------------------------------
 
+#: The gRPC client the demo page shows (``{host}`` is the page's host): it
+#: needs grpcio and grpcio-health-checking only, not txcmux, as a
+#: ``Message`` has the wire form of protobuf's ``StringValue``.
+GRPC_CLIENT = """\
+import grpc
+from google.protobuf.wrappers_pb2 import StringValue
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+channel = grpc.insecure_channel("{host}")
+health = health_pb2_grpc.HealthStub(channel)
+print(health.Check(health_pb2.HealthCheckRequest()))
+greet = channel.unary_unary(
+    "/txcmux.demo.Demo/Greet",
+    request_serializer=StringValue.SerializeToString,
+    response_deserializer=StringValue.FromString,
+)
+print(greet(StringValue(value="world")).value)
+"""
+
 _PAGE = """\
 <!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>txcmux demo</title>
@@ -179,27 +216,17 @@ an in-process grpcio server with <code>grpc.health.v1.Health</code>,
 <h2>Try it</h2>
 <pre>curl http://{host}/hello
 curl --http2-prior-knowledge http://{host}/hello</pre>
-<p>gRPC from Python (<code>pip install grpcio grpcio-health-checking</code>):</p>
+<p>gRPC from Python, in any environment with grpcio
+(<code>pip install grpcio grpcio-health-checking</code>):</p>
 <pre>python - &lt;&lt;'EOF'
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from txcmux.demo import Message
-
-channel = grpc.insecure_channel("{host}")
-health = health_pb2_grpc.HealthStub(channel)
-print(health.Check(health_pb2.HealthCheckRequest()))
-greet = channel.unary_unary(
-    "/txcmux.demo.Demo/Greet",
-    request_serializer=Message.SerializeToString,
-    response_deserializer=Message.FromString,
-)
-print(greet(Message(text="world")).text)
-EOF</pre>
+{client}EOF</pre>
 <p>With <a href="https://github.com/fullstorydev/grpcurl">grpcurl</a>:</p>
 <pre>grpcurl -plaintext {host} list
 grpcurl -plaintext -d '{{"text": "world"}}' {host} txcmux.demo.Demo/Greet</pre>
 <p>Your own services, sites and backends go in a config file:
-<code>twistd -n cmux --config cmux.toml</code>.</p>
+<code>twistd -n cmux --config cmux.toml</code>. The demo listens on
+127.0.0.1 only; <code>twistd -n cmux --listen tcp:8080</code> lets other
+hosts in.</p>
 </body></html>
 """
 
@@ -225,9 +252,11 @@ class _Index(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")  # type: ignore[no-untyped-call]
+        host = _host(request)
         page = _PAGE.format(
-            host=html.escape(_host(request)),
+            host=html.escape(host),
             protocol=html.escape(_protocol(request)),
+            client=html.escape(GRPC_CLIENT.format(host=host)),
         )
         return page.encode("utf-8")
 

@@ -1,14 +1,15 @@
-"""The twistd plugin for txcmux: ``twistd cmux --config FILE`` (see txcmux._twistd).
+"""The twistd plugin for txcmux: ``twistd cmux --config FILE``.
 
-Kept tiny on purpose: twistd imports every plugin module to list them, so
-this one imports nothing of txcmux and never the reactor.
+The command itself is txcmux._config._twistd.  Kept tiny on purpose:
+twistd imports every plugin module to list them, so this one imports
+nothing of txcmux and never the reactor.
 """
 
 from twisted.application.service import ServiceMaker
 
 cmux = ServiceMaker(
     "txcmux",
-    "txcmux._twistd",
+    "txcmux._config._twistd",
     "Many protocols on one port: HTTP/1.1, HTTP/2, gRPC, TLS, SSH... (txcmux)",
     "cmux",
 )

@@ -24,6 +24,7 @@ from ._http2 import (
     http2,
     http2_header,
 )
+from ._params import Param, parameters
 from ._simple import any_, prefix, ssh
 from ._tls import ClientHello, parse_client_hello, tls
 from ._verdict import (
@@ -52,6 +53,7 @@ __all__ = [
     "FunctionMatcher",
     "Matcher",
     "Outcome",
+    "Param",
     "SettingsAckFilter",
     "Verdict",
     "any",
@@ -61,6 +63,7 @@ __all__ = [
     "http1_header",
     "http2",
     "http2_header",
+    "parameters",
     "parse_client_hello",
     "postgres",
     "prefix",

@@ -7,6 +7,7 @@ matchers do: through the ``txcmux.matchers`` entry-point group (see
 
 from __future__ import annotations
 
+from ._params import parameters
 from ._verdict import MATCH, NEED_MORE, NO_MATCH, FunctionMatcher, Verdict
 
 # RESP (Redis serialisation protocol): a client's commands are arrays,
@@ -33,6 +34,7 @@ def _resp_verdict(data: bytes) -> Verdict:
     return MATCH if following == b"$" else NO_MATCH
 
 
+@parameters()
 def redis() -> FunctionMatcher:
     """Match a Redis client's first command in RESP array form (``*1\\r\\n$4...``)."""
     return FunctionMatcher("redis", 16, _resp_verdict)
@@ -54,6 +56,7 @@ def _postgres_verdict(data: bytes) -> Verdict:
     return MATCH if 8 <= length <= 10000 and code in _POSTGRES_CODES else NO_MATCH
 
 
+@parameters()
 def postgres() -> FunctionMatcher:
     """Match a PostgreSQL client's startup, SSL, GSS or cancel request."""
     return FunctionMatcher("postgres", 8, _postgres_verdict)

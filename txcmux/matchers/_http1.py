@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from ._params import Param, parameters
 from ._simple import prefix_verdict
 from ._verdict import MATCH, NEED_MORE, NO_MATCH, FunctionMatcher, Verdict
 
@@ -46,6 +47,9 @@ def _is_token(value: bytes) -> bool:
     return bool(value) and all(byte in _TCHAR for byte in value)
 
 
+@parameters(
+    Param("extra_methods", list[str], (), repeats=True, singular="extra_method")
+)
 def http1_fast(*extra_methods: bytes | str) -> FunctionMatcher:
     """Match a request that starts with a known method and a space.
 
@@ -125,6 +129,7 @@ def _scan_request_line(data: bytes) -> Verdict | int:
     return i + 2 if data[i + 1] == 0x0A else NO_MATCH
 
 
+@parameters(Param("max_request_line", int, DEFAULT_MAX_REQUEST_LINE))
 def http1(max_request_line: int = DEFAULT_MAX_REQUEST_LINE) -> FunctionMatcher:
     """Match a full HTTP/1.x request line, with any method that is a token.
 
@@ -139,6 +144,12 @@ def http1(max_request_line: int = DEFAULT_MAX_REQUEST_LINE) -> FunctionMatcher:
     return FunctionMatcher("http1", max_request_line, verdict, alpn=_HTTP1_ALPN)
 
 
+@parameters(
+    Param("name", str),
+    Param("value", str),
+    Param("prefix", bool, False),
+    Param("max_bytes", int, DEFAULT_MAX_HEADER_BYTES),
+)
 def http1_header(
     name: str | bytes,
     value: str | bytes,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import hpack
 
+from ._params import Param, parameters
 from ._verdict import MATCH, NEED_MORE, NO_MATCH, FunctionMatcher, Verdict
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -102,6 +103,7 @@ def first_headers(data: bytes) -> Verdict | Headers:
             return [(bytes(n), bytes(v)) for n, v in decoded]
 
 
+@parameters()
 def http2() -> FunctionMatcher:
     """Match an HTTP/2 client preface (prior knowledge, h2c, or h2 after TLS)."""
 
@@ -137,6 +139,13 @@ def header_matcher(
     return FunctionMatcher(label, max_bytes, verdict, alpn=(b"h2",))
 
 
+@parameters(
+    Param("name", str),
+    Param("value", str),
+    Param("prefix", bool, False),
+    Param("send_settings", bool, True),
+    Param("max_bytes", int, DEFAULT_MAX_BYTES),
+)
 def http2_header(
     name: str | bytes,
     value: str | bytes,
@@ -174,6 +183,7 @@ def _is_grpc_content_type(value: bytes) -> bool:
     )
 
 
+@parameters(Param("max_bytes", int, DEFAULT_MAX_BYTES))
 def grpc(max_bytes: int = DEFAULT_MAX_BYTES) -> FunctionMatcher:
     """Match a gRPC connection: HTTP/2 with ``content-type: application/grpc*``.
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ._params import Param, parameters
 from ._verdict import MATCH, NEED_MORE, NO_MATCH, FunctionMatcher, Verdict
 
 
+@parameters()
 def any_() -> FunctionMatcher:
     """Match every connection, even one that has sent nothing yet.
 
@@ -24,6 +26,7 @@ def prefix_verdict(values: tuple[bytes, ...], data: bytes) -> Verdict:
     return NEED_MORE if waiting else NO_MATCH
 
 
+@parameters(Param("values", list[bytes], repeats=True, singular="value"))
 def prefix(*values: bytes) -> FunctionMatcher:
     """Match a connection whose first bytes are one of ``values``.
 
@@ -49,6 +52,7 @@ def prefix(*values: bytes) -> FunctionMatcher:
 _SSH_IDENTS = (b"SSH-2.0-", b"SSH-1.99-")
 
 
+@parameters()
 def ssh() -> FunctionMatcher:
     """Match an SSH client's identification string (``SSH-2.0-...``).
 

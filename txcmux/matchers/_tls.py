@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .._errors import ConfigurationError
+from ._params import Param, parameters
 from ._verdict import MATCH, NEED_MORE, NO_MATCH, FunctionMatcher, Verdict
 
 _HANDSHAKE = 22
@@ -199,6 +200,12 @@ def _one_or_many(
     return found
 
 
+@parameters(
+    Param("versions", list[str], None),
+    Param("sni", list[str], None),
+    Param("alpn", list[str], None),
+    Param("max_bytes", int, DEFAULT_MAX_HELLO),
+)
 def tls(
     versions: str | Iterable[str] | None = None,
     sni: str | Iterable[str] | None = None,

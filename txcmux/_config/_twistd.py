@@ -2,15 +2,16 @@
 
 ::
 
-    twistd -n cmux                           # the built-in demo on tcp:8080
+    twistd -n cmux                           # the built-in demo on 127.0.0.1:8080
     twistd -n cmux --config cmux.toml        # your routes
     twistd cmux --check --config cmux.toml   # check a file, start nothing
 
 The twistd plugin (``twisted/plugins/txcmux_plugin.py``) names this module;
 twistd imports it only when ``cmux`` is used.  The config is loaded, checked
-and built while the options are parsed, so every mistake in it stops
-start-up with one line on stderr and a non-zero exit status, before twistd
-daemonizes.
+and built while the options are parsed, and the listeners listen while
+twistd makes the application, so every mistake in the file and every
+listener that cannot listen stops start-up with one line on stderr and exit
+status 1, before twistd writes its pid file or daemonizes.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import sys
 from typing import Any, NoReturn
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
-from ._config_build import CmuxService, make_service
-from ._config_schema import load
-from ._errors import ConfigurationError
+from .._errors import ConfigurationError, ListenError
+from ._build import CmuxService, make_service
+from ._schema import load
+
+_log = Logger(namespace="txcmux")
 
 #: Exit status for a config that is wrong (as for other usage errors).
 EXIT_CONFIG_ERROR = 1
@@ -37,8 +41,8 @@ class Options(usage.Options):
         "Serve many protocols on one port: HTTP/1.1, HTTP/2, gRPC, TLS and any"
         " Twisted protocol, chosen by each connection's first bytes. Without"
         " --config, run the built-in demo (a web page and gRPC services) on"
-        " tcp:8080. The config file format is described in"
-        " docs/configuration.md."
+        " 127.0.0.1:8080 (--listen tcp:8080 opens it to other hosts). The"
+        " config file format is described in docs/configuration.md."
     )
     optParameters = [
         ["config", "c", None, "The TOML config file to run."],
@@ -78,17 +82,25 @@ class Options(usage.Options):
             raise usage.UsageError("--check needs --config FILE")
         try:
             if path is None:
-                from .demo import config as demo_config
+                from ..demo import LOOPBACK_NOTE
+                from ..demo import config as demo_config
 
                 config = demo_config(listen)
+                if listen is None:
+                    _log.info("txcmux: {note}", note=LOOPBACK_NOTE)
             else:
                 config = load(path, listen=listen)
             self.service = make_service(config, port_file=self["port-file"])
         except ConfigurationError as error:
             _fail(str(error))
         if self["check"]:
+            for warning in config.warnings:
+                print(f"twistd cmux: warning: {warning}", file=sys.stderr)
             print(f"{path}: OK, {config.summary()}")
             raise SystemExit(0)
+        if path is not None and str(config.base_dir) not in sys.path:
+            # The running service may import from next to its file at any time.
+            sys.path.append(str(config.base_dir))
 
 
 def _fail(message: str) -> NoReturn:
@@ -98,7 +110,20 @@ def _fail(message: str) -> NoReturn:
 
 
 def makeService(options: Any) -> IService:
-    """The service ``twistd cmux`` runs, built by :meth:`Options.postOptions`."""
-    service = options.service
+    """The service ``twistd cmux`` runs, built by :meth:`Options.postOptions`.
+
+    It listens here, while twistd makes the application.  twistd writes its
+    pid file, and as a daemon forks (the parent waiting for the child to
+    report), before it starts any service; a listener failing in
+    privilegedStartService would leave the pid file behind, and kill the
+    daemon's child before it reports.  Listening now, an address in use is
+    one line on stderr and exit status 1 in both modes, with no pid file;
+    the daemon inherits the listening sockets across the fork.
+    """
+    service: CmuxService | None = options.service
     assert service is not None, "Options.postOptions builds the service"
-    return service  # type: ignore[no-any-return]
+    try:
+        service.listen_now()
+    except ListenError as error:
+        _fail(str(error))
+    return service

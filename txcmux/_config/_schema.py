@@ -1,0 +1,583 @@
+"""What a config file may say, and reading one into a checked :class:`Config`.
+
+Everything that can be known without running the service is checked here:
+keys, types, route and matcher names, matcher parameters, endpoint strings
+(parsed, never listened on or connected to), import paths (imported, not
+called) and files.  Each problem is one :class:`~txcmux.ConfigurationError`
+whose message names the file, the route and the key, what was found and what
+was expected::
+
+    >>> config = parse('''
+    ... listen = ["tcp:8080"]
+    ... [[route]]
+    ... name = "ssh"
+    ... match = ["ssh"]
+    ... proxy = "tcp:host=127.0.0.1:port=22"
+    ... ''', source="example.toml")
+    >>> config.route("ssh").target.describe()
+    'proxy to tcp:host=127.0.0.1:port=22'
+    >>> parse('listen = ["tcp:8080"]\\nsniff_timout = 2', source="x.toml")
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    txcmux._errors.ConfigurationError: x.toml: unknown key "sniff_timout" ...
+
+The keys of each table are the ``*_KEYS`` mappings below: each key's check
+and default, in the order messages list them.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.logger import Logger
+
+from .._errors import ConfigurationError
+from .._plugins import MatcherRegistry, matcher_registry
+from ._endpoints import client_endpoint, server_endpoint
+from ._matchers import MatcherConfig, matcher_entry
+from ._values import (
+    Key,
+    Where,
+    check_keys,
+    check_values,
+    did_you_mean,
+    directory,
+    import_path,
+    importable_from,
+    one_of,
+    pem_file,
+    positive_int,
+    quote,
+    seconds,
+    table_of,
+    text,
+    texts,
+)
+
+_log = Logger(namespace="txcmux")
+
+DEFAULT_SNIFF_TIMEOUT = 5.0
+DEFAULT_MAX_SNIFF_BYTES = 16384
+
+
+# -- what a checked config holds ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebTarget:
+    """``web = "module:attr"``: an IResource or Site, or a callable giving one."""
+
+    path: str
+    obj: object
+    kind: str = field(default="web", init=False)
+
+    def describe(self) -> str:
+        """How the start-up log shows this target."""
+        return f"web {self.path}"
+
+
+@dataclass(frozen=True)
+class StaticTarget:
+    """``static = "dir"``: files served from a directory."""
+
+    directory: Path
+    kind: str = field(default="static", init=False)
+
+    def describe(self) -> str:
+        """How the start-up log shows this target."""
+        return f"static files in {self.directory}"
+
+
+@dataclass(frozen=True)
+class ProxyTarget:
+    """``proxy = "client endpoint"``: a relay to a backend."""
+
+    endpoint: str
+    kind: str = field(default="proxy", init=False)
+
+    def describe(self) -> str:
+        """How the start-up log shows this target."""
+        return f"proxy to {self.endpoint}"
+
+
+@dataclass(frozen=True)
+class GrpcTarget:
+    """``grpc = ["module:add_services", ...]``: the in-process gRPC server."""
+
+    paths: tuple[str, ...]
+    functions: tuple[Callable[[Any], object], ...]
+    kind: str = field(default="grpc", init=False)
+
+    def describe(self) -> str:
+        """How the start-up log shows this target."""
+        return f"in-process gRPC ({', '.join(self.paths)})"
+
+
+@dataclass(frozen=True)
+class FactoryTarget:
+    """``factory = "module:attr"``: any protocol factory, or a callable giving one."""
+
+    path: str
+    obj: object
+    kind: str = field(default="factory", init=False)
+
+    def describe(self) -> str:
+        """How the start-up log shows this target."""
+        return f"factory {self.path}"
+
+
+@dataclass(frozen=True)
+class TLSTarget:
+    """``tls = {certificate, key, routes}``: TLS termination, then the routes.
+
+    ``options`` holds the other keys given (``TLS_KEYS`` after ``routes``),
+    checked: keyword arguments of TLSTerminationFactory of the same names.
+    """
+
+    certificate: Path
+    key: Path
+    routes: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = field(default="tls", init=False)
+
+    def describe(self) -> str:
+        """How the start-up log shows this target."""
+        return f"TLS ({self.certificate.name}) then {' | '.join(self.routes)}"
+
+
+Target = WebTarget | StaticTarget | ProxyTarget | GrpcTarget | FactoryTarget | TLSTarget
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One ``[[route]]`` table, checked."""
+
+    name: str
+    matchers: tuple[MatcherConfig, ...]
+    target: Target
+
+    def describe(self) -> str:
+        """``name [matchers] -> target``, for the start-up log."""
+        written = " | ".join(m.written for m in self.matchers)
+        return f"{self.name} [{written}] -> {self.target.describe()}"
+
+
+@dataclass(frozen=True)
+class GrpcServerConfig:
+    """The ``[grpc_server]`` table: how the in-process gRPC server runs.
+
+    None means grpcio's (or txcmux.grpcserver's) default.
+    """
+
+    max_workers: int | None = None
+    max_concurrent_rpcs: int | None = None
+    grace: float | None = None
+    options: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """A checked config file.
+
+    ``routes`` are every ``[[route]]`` in file order; ``listener_routes``
+    names the ones the listeners use, in priority order (a route reached only
+    through a ``tls`` route is in ``routes`` but not there).  ``warnings``
+    are what checking logged (a route used nowhere, a plugin ignored);
+    ``listen_where`` is where ``listen`` came from (the file, or --listen).
+    """
+
+    source: str
+    base_dir: Path
+    listen: tuple[str, ...]
+    sniff_timeout: float
+    max_sniff_bytes: int
+    on_timeout: str | None
+    routes: tuple[RouteConfig, ...]
+    listener_routes: tuple[str, ...]
+    grpc_server: GrpcServerConfig = field(default_factory=GrpcServerConfig)
+    warnings: tuple[str, ...] = ()
+    listen_where: Where = field(default=Where("<config>", key="listen"), repr=False)
+
+    def route(self, name: str) -> RouteConfig:
+        """The route called ``name`` (KeyError if none)."""
+        return route_by_name(self.routes, name)
+
+    def summary(self) -> str:
+        """``N listeners, M routes``, as ``--check`` prints it."""
+        listeners, routes = len(self.listen), len(self.routes)
+        return (
+            f"{listeners} listener{'s' if listeners != 1 else ''},"
+            f" {routes} route{'s' if routes != 1 else ''}"
+        )
+
+
+def route_by_name(routes: Iterable[RouteConfig], name: str) -> RouteConfig:
+    """The route of ``routes`` called ``name``."""
+    for route in routes:
+        if route.name == name:
+            return route
+    raise KeyError(name)
+
+
+# -- checks of the values that are particular to one key ---------------------
+
+
+def _match(where: Where, value: object) -> tuple[MatcherConfig, ...]:
+    items = [value] if isinstance(value, str | dict) else value
+    if not isinstance(items, list) or not items:
+        where.wrong(items, 'a non-empty array of matchers, such as ["http1", "http2"]')
+    registry = where.registry or matcher_registry()
+    return tuple(matcher_entry(where.item(i), m, registry) for i, m in enumerate(items))
+
+
+def _grpc(where: Where, value: object) -> GrpcTarget:
+    paths = texts('import paths such as "myapp.rpc:add_services"')(where, value)
+    functions: list[Callable[[Any], object]] = []
+    for i, path in enumerate(paths):
+        function = import_path(where.item(i), path)[1]
+        if not callable(function):
+            where.item(i).fail(
+                f"{path} is {function!r}; expected a callable f(server)"
+                " that adds services to a grpc.Server"
+            )
+        functions.append(function)
+    return GrpcTarget(paths, tuple(functions))
+
+
+def _alpn(where: Where, value: object) -> list[str]:
+    names = 'protocol names such as "h2", "http/1.1"'
+    return [] if value == [] else list(texts(names)(where, value))
+
+
+_SNI_ENTRY_KEYS = {"certificate": Key(pem_file), "key": Key(pem_file)}
+
+
+def _sni(where: Where, value: object) -> dict[str, tuple[Path, Path]]:
+    pair = '{ certificate = "a.pem", key = "a.key" }'
+    if not isinstance(value, dict) or not value:
+        where.wrong(
+            value, f'a table of server names, such as {{ "example.com" = {pair} }}'
+        )
+    entry = table_of(_SNI_ENTRY_KEYS, "an sni entry", pair)
+    return {
+        name: tuple(entry(where.at(quote(name)), files).values())
+        for name, files in value.items()
+    }
+
+
+def _grpc_options(where: Where, value: object) -> tuple[tuple[str, object], ...]:
+    if not isinstance(value, dict):
+        where.wrong(
+            value,
+            "a table of grpcio channel arguments, such as"
+            ' { "grpc.max_receive_message_length" = 16777216 }',
+        )
+    for name, option in value.items():
+        if isinstance(option, bool) or not isinstance(option, int | str):
+            where.at(name).wrong(option, "an integer or a string")
+    return tuple(value.items())
+
+
+def _record(
+    make: Callable[..., Any], keys: Mapping[str, Key], what: str, example: str
+) -> Any:
+    """A table checked against ``keys``, made into ``make(**values)``."""
+    check = table_of(keys, what, example)
+    return lambda where, value: make(**check(where, value))
+
+
+def _tls(**values: Any) -> TLSTarget:
+    certificate, key, routes = (values.pop(k) for k in ("certificate", "key", "routes"))
+    options = {k: v for k, v in values.items() if v is not None}
+    return TLSTarget(certificate, key, routes, options)
+
+
+def _routes(where: Where, value: object) -> tuple[RouteConfig, ...]:
+    if not isinstance(value, list):
+        where.wrong(value, "[[route]] tables")
+    routes: list[RouteConfig] = []
+    for index, table in enumerate(value):
+        route = _route(where.in_route(f"#{index + 1}"), table)
+        if any(r.name == route.name for r in routes):
+            where.in_route(route.name).at("name").fail(
+                f"two routes are named {quote(route.name)}; names must be unique"
+            )
+        routes.append(route)
+    return tuple(routes)
+
+
+def _route(anonymous: Where, table: object) -> RouteConfig:
+    if not isinstance(table, dict):
+        anonymous.at("route").wrong(table, "a [[route]] table")
+    name = table.get("name")
+    where = anonymous.in_route(name) if isinstance(name, str) and name else anonymous
+    check_keys(where, table, ROUTE_KEYS, "a [[route]] table")
+    targets = [key for key in TARGET_KEYS if key in table]
+    if len(targets) != 1:
+        count = "two" if len(targets) == 2 else len(targets)
+        found = (
+            f"{count} targets, {' and '.join(targets)}" if targets else "missing target"
+        )
+        where.fail(
+            f"{found}; expected exactly one of the keys {', '.join(TARGET_KEYS)}"
+        )
+    values = check_values(where, table, ROUTE_KEYS)
+    return RouteConfig(values["name"], values["match"], values[targets[0]])
+
+
+# -- the keys of each table --------------------------------------------------
+
+TLS_KEYS = {
+    "certificate": Key(pem_file),
+    "key": Key(pem_file),
+    "routes": Key(texts("route names")),
+    "alpn": Key(_alpn, None),
+    "sni": Key(_sni, None),
+    "client_ca": Key(pem_file, None),
+    "client_certificates": Key(one_of("required", "optional"), None),
+    "handshake_timeout": Key(seconds, None),
+}
+
+TARGET_KEYS = ("web", "static", "proxy", "grpc", "factory", "tls")
+
+ROUTE_KEYS = {
+    "name": Key(text, missing='missing key "name"; every [[route]] needs a name'),
+    "match": Key(
+        _match,
+        missing='missing key "match"; expected a list of matchers, such as'
+        ' match = ["http1", "http2"]',
+    ),
+    "web": Key(lambda where, value: WebTarget(*import_path(where, value)), None),
+    "static": Key(lambda where, value: StaticTarget(directory(where, value)), None),
+    "proxy": Key(lambda where, value: ProxyTarget(client_endpoint(where, value)), None),
+    "grpc": Key(_grpc, None),
+    "factory": Key(
+        lambda where, value: FactoryTarget(*import_path(where, value)), None
+    ),
+    "tls": Key(
+        _record(
+            _tls,
+            TLS_KEYS,
+            "the tls table",
+            '{ certificate = "server.pem", key = "server.key",'
+            ' routes = ["grpc", "web"] }',
+        ),
+        None,
+    ),
+}
+
+GRPC_SERVER_KEYS = {
+    "max_workers": Key(positive_int, None),
+    "max_concurrent_rpcs": Key(positive_int, None),
+    "grace": Key(seconds, None),
+    "options": Key(_grpc_options, ()),
+}
+
+_LISTEN = texts("server endpoint strings", server_endpoint)
+
+TOP_LEVEL_KEYS = {
+    "listen": Key(
+        _LISTEN, missing='missing key "listen"; expected listen = ["tcp:8080"]'
+    ),
+    "sniff_timeout": Key(seconds, DEFAULT_SNIFF_TIMEOUT),
+    "max_sniff_bytes": Key(positive_int, DEFAULT_MAX_SNIFF_BYTES),
+    "on_timeout": Key(text, None),
+    "routes": Key(texts("route names"), None),
+    "route": Key(
+        _routes,
+        missing="no [[route]] table; expected at least one, such as"
+        ' [[route]] name = "web" match = ["http1"] web = "myapp.site:resource"',
+    ),
+    "grpc_server": Key(
+        _record(
+            GrpcServerConfig,
+            GRPC_SERVER_KEYS,
+            "the grpc_server table",
+            "[grpc_server] max_workers = 16",
+        ),
+        GrpcServerConfig(),
+    ),
+}
+
+#: Every key, qualified the way docs/configuration.md names them.
+DOCUMENTED_KEYS = (
+    *TOP_LEVEL_KEYS,
+    *(f"route.{key}" for key in ROUTE_KEYS),
+    *(f"route.tls.{key}" for key in TLS_KEYS),
+    "route.match.type",
+    *(f"grpc_server.{key}" for key in GRPC_SERVER_KEYS),
+)
+
+
+# -- the whole file ----------------------------------------------------------
+
+
+def validate(
+    table: Mapping[str, object],
+    *,
+    source: str = "<config>",
+    base_dir: Path | None = None,
+    registry: MatcherRegistry | None = None,
+    listen: Sequence[str] | None = None,
+) -> Config:
+    """Check a parsed config table; ``source`` names it in error messages.
+
+    Relative paths (``static``, ``tls`` files) are taken from ``base_dir``,
+    and modules there import while the import paths are checked (sys.path
+    is as it was afterwards).  ``listen``, if given, replaces the table's
+    ``listen`` (as the ``--listen`` option does).
+    """
+    base_dir = (base_dir or Path.cwd()).resolve()
+    registry = registry if registry is not None else matcher_registry()
+    top = Where(source, base_dir=base_dir, registry=registry)
+    keys = dict(TOP_LEVEL_KEYS)
+    listen_where = top.at("listen")
+    if listen is not None:
+        listen_where = Where("the command line", key="--listen")
+        keys["listen"] = Key(lambda where, value: (), ())
+    check_keys(top, table, keys, "the top level")
+    listened = _LISTEN(listen_where, list(listen)) if listen is not None else None
+    with importable_from(base_dir):
+        values = check_values(top, table, keys)
+    routes: tuple[RouteConfig, ...] = values["route"]
+    names = [route.name for route in routes]
+    listener_routes = values["routes"] or tuple(names)
+    for i, name in enumerate(values["routes"] or ()):
+        _route_name(top.at("routes").item(i), name, names)
+        if name in listener_routes[:i]:
+            top.at("routes").item(i).fail(
+                f"route {quote(name)} is listed twice; expected each once"
+            )
+    used = set(listener_routes)
+    for route in routes:
+        if isinstance(route.target, TLSTarget):
+            where = top.in_route(route.name).at("tls.routes")
+            for i, name in enumerate(route.target.routes):
+                _route_name(where.item(i), name, names)
+                if isinstance(route_by_name(routes, name).target, TLSTarget):
+                    where.item(i).fail(
+                        f"route {quote(name)} terminates TLS itself; expected"
+                        " routes for the decrypted connection (TLS in TLS is"
+                        " not supported)"
+                    )
+            used.update(route.target.routes)
+    if values["on_timeout"] is not None:
+        _route_name(top.at("on_timeout"), values["on_timeout"], listener_routes)
+    warnings = list(registry.warnings)
+    for name in names:
+        if name not in used:
+            warnings.append(
+                f"{source}: route {name!r} is used by no listener and no tls route"
+            )
+            _log.warn("txcmux: {message}", message=warnings[-1])
+    return Config(
+        source=source,
+        base_dir=base_dir,
+        listen=listened or values["listen"],
+        sniff_timeout=values["sniff_timeout"],
+        max_sniff_bytes=values["max_sniff_bytes"],
+        on_timeout=values["on_timeout"],
+        routes=routes,
+        listener_routes=tuple(listener_routes),
+        grpc_server=values["grpc_server"],
+        warnings=tuple(warnings),
+        listen_where=listen_where,
+    )
+
+
+def _route_name(where: Where, value: str, names: Sequence[str]) -> None:
+    if value not in names:
+        where.fail(
+            f"no route is named {quote(value)}; the routes are"
+            f" {', '.join(names)}{did_you_mean(value, names)}"
+        )
+
+
+def parse(
+    text: str,
+    *,
+    source: str = "<config>",
+    base_dir: Path | None = None,
+    registry: MatcherRegistry | None = None,
+    listen: Sequence[str] | None = None,
+) -> Config:
+    """Parse and check the TOML ``text`` of a config (see :func:`validate`)."""
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        problem = toml_problem(text, str(error))
+        raise ConfigurationError(f"{source}: not valid TOML: {problem}") from None
+    return validate(
+        table, source=source, base_dir=base_dir, registry=registry, listen=listen
+    )
+
+
+def toml_problem(text: str, message: str) -> str:
+    """tomllib's ``message`` about ``text``, with the line where the mistake is.
+
+    tomllib notices an array or table left open only where the next thing
+    begins (often column 1 of a later line); the mistake is then at the end
+    of the last line before it that holds anything::
+
+        >>> found = "Unclosed array (at line 3, column 1)"
+        >>> print(toml_problem("a = [1,\\n\\n[b]", found))
+        Unclosed array, probably at the end of line 1: 'a = [1,' (noticed at ...)
+    """
+    lines = text.splitlines()
+    found = re.search(r" \(at line (\d+), column (\d+)\)$", message)
+    if found:
+        line, column = int(found.group(1)), int(found.group(2))
+        noticed = f"line {line}, column {column}"
+    elif message.endswith(" (at end of document)"):
+        line, column, noticed = len(lines) + 1, 1, "the end of the file"
+    else:
+        return message
+    shown = f": {lines[line - 1]!r}" if line <= len(lines) else ""
+    if column != 1 or not message.startswith("Unclosed"):
+        return f"{message}{shown}"
+    before = [
+        n
+        for n in range(1, min(line, len(lines) + 1))
+        if lines[n - 1].strip() and not lines[n - 1].strip().startswith("#")
+    ]
+    if not before:
+        return f"{message}{shown}"
+    what = message[: message.index(" (at ")]
+    return (
+        f"{what}, probably at the end of line {before[-1]}: {lines[before[-1] - 1]!r}"
+        f" (noticed at {noticed}{shown})"
+    )
+
+
+def load(
+    path: str | Path,
+    *,
+    registry: MatcherRegistry | None = None,
+    listen: Sequence[str] | None = None,
+) -> Config:
+    """Read, parse and check the config file at ``path`` (see :func:`validate`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigurationError(
+            f"{path}: cannot read the config file: {error.strerror or error}"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(
+            f"{path}: not valid TOML: the file is not UTF-8 ({error.reason}"
+            f" at byte {error.start})"
+        ) from None
+    return parse(
+        text,
+        source=str(path),
+        base_dir=path.resolve().parent,
+        registry=registry,
+        listen=listen,
+    )
