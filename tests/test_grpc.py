@@ -28,7 +28,14 @@ from twisted.trial import unittest
 from twisted.web import resource, server
 from twisted.web.server import Request
 
-from txcmux import ConfigurationError, ProtocolSwitchingFactory, Route, matchers
+import txcmux._errors
+from txcmux import (
+    ConfigurationError,
+    ProtocolSwitchingFactory,
+    Route,
+    TxcmuxError,
+    matchers,
+)
 from txcmux.grpcserver import GrpcServer, GrpcServerError, client_address
 from txcmux.matchers import EMPTY_SETTINGS, PREFACE
 from txcmux.relay import RelayFactory, RelayProtocol
@@ -638,7 +645,18 @@ class GrpcTests(unittest.TestCase):
             GrpcServer(["module:add_things"])  # type: ignore[list-item]
         with self.assertRaises(ConfigurationError):
             GrpcServer([service.add_to], max_workers=0)
+        for key, value in [
+            ("maximum_concurrent_rpcs", 0),
+            ("max_workers", "16"),
+            ("grace", -1),
+            ("grace", "5"),
+        ]:
+            with self.assertRaises(ConfigurationError) as caught:
+                GrpcServer([service.add_to], **{key: value})  # type: ignore[arg-type]
+            self.assertIn(f"GrpcServer: {key} is {value!r}", str(caught.exception))
         self.assertTrue(issubclass(GrpcServerError, Exception))
+        self.assertTrue(issubclass(GrpcServerError, TxcmuxError))
+        self.assertIs(GrpcServerError, txcmux._errors.GrpcServerError)
 
     def test_client_address_outside_a_relay_is_none(self) -> None:
         class Context:

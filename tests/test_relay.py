@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet import defer, endpoints, error, reactor, task
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import (
+    IAddress,
     IHalfCloseableDescriptor,
     IHalfCloseableProtocol,
     IProtocol,
@@ -36,6 +37,7 @@ from txcmux import (
 )
 from txcmux._relay import _relay
 from txcmux.relay import (
+    IRelayedClients,
     NamedUNIXClientEndpoint,
     RelayFactory,
     RelayProtocol,
@@ -382,6 +384,60 @@ def test_lookup_client_will_not_guess_between_two_clients() -> None:
     second_backend.connectionLost(Failure(error.ConnectionDone()))
     second.connectionLost(Failure(error.ConnectionDone()))
     assert lookup_client("ipv4:127.0.0.1:42001") is None
+
+
+@implementer(IRelayedClients)
+class RecordedClients:
+    """Records what a relay reports, and when it is forgotten."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, IAddress, IAddress]] = []
+
+    def relayed(self, local: IAddress, client: IAddress) -> Any:
+        self.events.append(("relayed", local, client))
+        return lambda: self.events.append(("forgotten", local, client))
+
+
+def test_a_relay_reports_to_the_clients_it_is_given() -> None:
+    clients = RecordedClients()
+    factory, endpoint, _ = relay_over_strings(clients=clients)
+    client, _ = connect_client(factory)
+    backend_side = IPv4Address("TCP", "127.0.0.1", 42077)
+    backend, _ = endpoint.succeed(host=backend_side)
+    real = IPv4Address("TCP", "192.0.2.7", 40000)
+    assert clients.events == [("relayed", backend_side, real)]
+    assert lookup_client("ipv4:127.0.0.1:42077") is None  # not the default registry
+    backend.connectionLost(Failure(error.ConnectionDone()))
+    assert len(clients.events) == 1  # forgotten once both sides are gone
+    client.connectionLost(Failure(error.ConnectionDone()))
+    assert clients.events[1:] == [("forgotten", backend_side, real)]
+
+
+def test_relay_arguments_are_checked() -> None:
+    clock = task.Clock()
+    for kwargs, fragment in [
+        ({"clients": object()}, "clients is <object"),
+        ({"connect_timeout": "10"}, "connect_timeout is '10'"),
+        ({"connect_timeout": True}, "connect_timeout is True"),
+    ]:
+        try:
+            RelayFactory("tcp:host=a:port=1", reactor=clock, name="x", **kwargs)
+        except ConfigurationError as problem:
+            assert "relay 'x'" in str(problem) and fragment in str(problem)
+        else:
+            raise AssertionError(f"{kwargs} was accepted")
+
+
+def test_the_clock_times_the_connect_and_the_reactor_parses() -> None:
+    reactor_clock, clock = task.Clock(), task.Clock()
+    factory = RelayFactory(
+        ManualEndpoint(), reactor=reactor_clock, clock=clock, connect_timeout=2
+    )
+    _, transport = connect_client(factory)
+    reactor_clock.advance(5)
+    assert factory.stats["backend_failed"] == 0
+    clock.advance(2)
+    assert factory.stats["backend_failed"] == 1 and transport.disconnecting
 
 
 # -- real sockets --------------------------------------------------------------
@@ -823,16 +879,30 @@ class RealSocketTests(unittest.TestCase):
             if filler.connect_ex(path) != 0:
                 break
             self.assertLess(len(fillers), 100)
-        named = NamedUNIXClientEndpoint(reactor, path, name_dir=directory, timeout=0.2)
-        started = time.monotonic()
+        # The retries are timed by a task.Clock; the reactor adopts sockets.
+        clock = task.Clock()
+        named = NamedUNIXClientEndpoint(
+            reactor, path, name_dir=directory, timeout=0.2, clock=clock
+        )
+        attempt = named.connect(Factory.forProtocol(Protocol))
+        clock.pump([0.005] * 39)  # 0.195 s of retries: still trying
+        self.assertFalse(attempt.called)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.pump([0.005, 0.005])
         with self.assertRaises(error.TimeoutError):
-            await named.connect(Factory.forProtocol(Protocol))
-        self.assertGreaterEqual(time.monotonic() - started, 0.2)
+            await attempt
+        self.assertGreaterEqual(clock.seconds(), 0.2)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
         # Room in the queue while it retries: it gets through.
-        named = NamedUNIXClientEndpoint(reactor, path, name_dir=directory, timeout=5)
+        named = NamedUNIXClientEndpoint(
+            reactor, path, name_dir=directory, timeout=5, clock=clock
+        )
         attempt = named.connect(Factory.forProtocol(Protocol))
-        reactor.callLater(0.05, lambda: listener.accept()[0].close())
+        clock.advance(0.005)
+        self.assertFalse(attempt.called)
+        listener.accept()[0].close()
+        clock.advance(0.005)
         protocol = await attempt
         assert protocol.transport is not None
         self.assertTrue(str(protocol.transport.getHost()).find(directory) > 0)
