@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
 from zope.interface import Attribute, Interface
 
+from ._compat import h2_stream_connection
+
 
 class Handoff(NamedTuple):
     """What the detector learned about a connection before handing it over.
@@ -114,7 +116,8 @@ def prelude_of(thing: object) -> object:
 
     ``thing`` is a transport, or anything reaching one through ``transport``
     or ``channel`` attributes (a protocol, a twisted.web request, a TLS
-    layer over the socket).
+    layer over the socket) or, for an HTTP/2 request, through its stream's
+    connection.
     """
     seen = 0
     while thing is not None and seen < 8:
@@ -124,6 +127,10 @@ def prelude_of(thing: object) -> object:
             found = None
         if found is not None:
             return found
-        thing = getattr(thing, "transport", None) or getattr(thing, "channel", None)
+        thing = (
+            getattr(thing, "transport", None)
+            or getattr(thing, "channel", None)
+            or h2_stream_connection(thing)
+        )
         seen += 1
     return None
