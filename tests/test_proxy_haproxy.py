@@ -30,20 +30,23 @@ from .grpc_support import service
 from .grpc_support.net import listen, tool, wait_until
 from .tls_support import pki
 
-HAPROXY_CONFIG = """\
-global
-    maxconn 100
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend front
-    bind 127.0.0.2:{front}
-    default_backend mux
-backend mux
-    server mux 127.0.0.1:{mux} {send} source 127.0.0.3
-"""
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "load-balancers.md"
+
+
+def haproxy_config(front: int, mux: int, send: str) -> str:
+    """The configuration docs/load-balancers.md shows, on test addresses and ports.
+
+    HAProxy listens on 127.0.0.2 and connects from 127.0.0.3, so that the
+    address txcmux's socket sees differs from the client's.
+    """
+    page = DOCS.read_text("utf-8")
+    section = page[page.index("## HAProxy in front") :]
+    shown = section.split("```\n")[1]
+    assert "bind :443" in shown and "server mux 127.0.0.1:8443 send-proxy-v2" in shown
+    return shown.replace("bind :443", f"bind 127.0.0.2:{front}").replace(
+        "server mux 127.0.0.1:8443 send-proxy-v2",
+        f"server mux 127.0.0.1:{mux} {send} source 127.0.0.3",
+    )
 
 
 class WhoAmI(resource.Resource):
@@ -98,9 +101,7 @@ class _HAProxyInFront(unittest.TestCase):
         self.front = _free_port("127.0.0.2")
         directory = Path(tempfile.mkdtemp(prefix="txcmux-haproxy-"))
         config = directory / "haproxy.cfg"
-        config.write_text(
-            HAPROXY_CONFIG.format(front=self.front, mux=self.mux_port, send=self.send)
-        )
+        config.write_text(haproxy_config(self.front, self.mux_port, self.send))
         process = subprocess.Popen(
             [haproxy, "-db", "-f", str(config)],
             stdout=subprocess.DEVNULL,
