@@ -1,32 +1,17 @@
-"""The in-process gRPC server: grpcio on a private unix socket, behind a relay.
+"""GrpcServer: grpcio in this process, on a private unix socket, as a Twisted service.
 
-grpcio runs its own HTTP/2 stack on its own sockets and cannot take a
-Twisted transport, so a gRPC route relays its connections to a grpcio
-server.  :class:`GrpcServer` runs that server in this process, listening on
-a unix socket in a private directory, as a Twisted service::
+grpcio cannot take a Twisted transport, so the gRPC route relays each
+connection to it.  :meth:`GrpcServer.factory` is that relay: its endpoint
+connects a named unix socket (:mod:`._unix_endpoint`) to the server's, and
+it reports each connection to the registry (:mod:`._peers`) that
+:func:`client_address` reads::
 
-    from twisted.application.service import MultiService
-    from txcmux import ProtocolSwitchingFactory, Route, matchers
-    from txcmux.grpcserver import GrpcServer
-
-    def add_greeter(server):
-        greeter_pb2_grpc.add_GreeterServicer_to_server(Greeter(), server)
-
-    grpc_server = GrpcServer([add_greeter], max_workers=16)
-    grpc_server.setServiceParent(application)
-    mux = ProtocolSwitchingFactory([
-        Route("grpc", matchers.grpc(), grpc_server.factory()),
-        Route("web", [matchers.http1(), matchers.http2()], site),
-    ])
-
-A gRPC server elsewhere (another process, another language) is reached
-with a plain ``txcmux.relay.RelayFactory("tcp:host=127.0.0.1:port=50051")``.
-
-A servicer sees the relay, not the client, as its peer;
-:func:`client_address` finds the real client::
-
-    def SayHello(self, request, context):
-        client = client_address(context)  # IPv4Address('TCP', '203.0.113.9', 51234)
+    >>> server = GrpcServer([lambda grpc_server: None])
+    >>> relay = server.factory(name="grpc")
+    >>> relay.acceptableProtocols(), relay.clients is CLIENTS
+    ([b'h2'], True)
+    >>> relay.backend
+    'in-process gRPC server (not running)'
 """
 
 from __future__ import annotations
@@ -95,6 +80,11 @@ class GrpcServer(Service):
     ``[("grpc.max_receive_message_length", 16 * 1024 * 1024)]``;
     ``maximum_concurrent_rpcs`` makes grpcio refuse calls beyond that many
     (RESOURCE_EXHAUSTED) instead of queueing them for a free thread.
+    ``reactor`` (the global one by default) is told from grpcio's thread
+    when it has stopped (``callFromThread``), adopts the relay's unix
+    sockets (``IReactorSocket``) and times their connects.  A value that
+    does not fit raises :class:`~txcmux.ConfigurationError`; grpcio failing
+    to listen raises :class:`~txcmux.grpcserver.GrpcServerError`.
     """
 
     def __init__(
