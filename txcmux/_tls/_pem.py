@@ -146,21 +146,19 @@ class Identity:
         leaf = self.chain[0]
         now = datetime.datetime.now(datetime.UTC)
         if leaf.not_valid_after_utc < now:
-            log.warn(
-                "txcmux: the TLS certificate in {path} ({subject}) expired on"
-                " {date}; clients will refuse it",
-                path=self.certificate_path,
-                subject=self.subject,
-                date=leaf.not_valid_after_utc.isoformat(),
-            )
+            date = leaf.not_valid_after_utc
+            problem = "expired on {date}; clients will refuse it"
         elif leaf.not_valid_before_utc > now:
-            log.warn(
-                "txcmux: the TLS certificate in {path} ({subject}) is not valid"
-                " before {date}; clients will refuse it until then",
-                path=self.certificate_path,
-                subject=self.subject,
-                date=leaf.not_valid_before_utc.isoformat(),
-            )
+            date = leaf.not_valid_before_utc
+            problem = "is not valid before {date}; clients will refuse it until then"
+        else:
+            return
+        log.warn(
+            "txcmux: the TLS certificate in {path} ({subject}) " + problem,
+            path=self.certificate_path,
+            subject=self.subject,
+            date=date.isoformat(),
+        )
 
     def install(self, context: SSL.Context) -> None:
         """Make ``context`` present this certificate chain and use this key."""
