@@ -3,5 +3,7 @@
 Read in this order: ``_clients`` (the hook telling a backend who the
 client is), ``_splice`` (the kernel moves the bytes between plain sockets),
 ``_relay`` (the factory and both ends of a relayed connection).  The public
-names are in :mod:`txcmux.relay`.
+names are in :mod:`txcmux.relay`::
+
+    >>> from txcmux.relay import RelayFactory, lookup_client
 """
