@@ -117,9 +117,7 @@ class GrpcServer(Service):
                     " at least 1 (or None)"
                 )
         if grace is not None and (
-            isinstance(grace, bool)
-            or not isinstance(grace, int | float)
-            or grace < 0
+            isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0
         ):
             raise ConfigurationError(
                 f"GrpcServer: grace is {grace!r}; expected seconds (0 or more) or None"

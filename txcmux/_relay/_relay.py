@@ -51,6 +51,7 @@ from .._errors import ConfigurationError
 from .._grpc._peers import CLIENTS
 from .._handoff import Handoff, IHandoffReceiver
 from .._log import describe_peer, log
+from .._proxy._send import check_version, header_for
 from ._clients import IRelayedClients
 from ._splice import Pumps
 from ._splice import close as _close_pumps
@@ -182,6 +183,8 @@ class RelayProtocol(_End):
     """The client side of one relayed connection (built by RelayFactory)."""
 
     handoff: Handoff | None = None
+    #: The PROXY v2 unique id sent to the backend for this connection, if any.
+    unique_id: str | None = None
 
     def __init__(self, factory: RelayFactory, address: IAddress | None) -> None:
         self.relay = factory
@@ -290,6 +293,12 @@ class RelayProtocol(_End):
         pending, self._pending = self._pending or [], None
         data = b"".join(pending)
         self.received += len(data)
+        if self.relay.send_proxy is not None:
+            # First of all on the backend connection, before any spliced byte.
+            header, self.unique_id = header_for(
+                client, self.handoff, self.relay.send_proxy, self.relay.proxy_checksum
+            )
+            data = header + data
         wrote = False
         if not self.read_closed:
             # Between two plain sockets on Linux the kernel moves the bytes.
@@ -342,7 +351,9 @@ class RelayProtocol(_End):
         self._pumps = None
         (log.debug if clean else log.info)(
             "txcmux: route {route}: relay {peer} <-> {backend} closed {how}"
-            " by the {side} ({up} bytes up, {down} down)",
+            " by the {side} ({up} bytes up, {down} down){id}",
+            id="" if self.unique_id is None else f"; PROXY id {self.unique_id}",
+            unique_id=self.unique_id,
             route=self.route,
             peer=describe_peer(self.peer),
             backend=self.relay.backend,
@@ -418,7 +429,10 @@ class RelayFactory(Factory):
     default) parses endpoint strings: the endpoints made connect with it.
     ``clock`` times the connect (default: ``reactor``).  ``clients`` is told
     which client each backend connection carries (default: the process-wide
-    registry behind ``txcmux.relay.lookup_client``).
+    registry behind ``txcmux.relay.lookup_client``).  ``send_proxy``
+    (``"v1"`` or ``"v2"``) writes a PROXY protocol header for the client to
+    the backend before any of the client's bytes (see
+    ``txcmux._proxy._send``); ``proxy_checksum`` adds a CRC32C TLV to v2.
 
     ``stats`` counts ``connected`` (backend reached), ``backend_failed``,
     ``client_left`` (client gone before the backend answered),
@@ -441,8 +455,12 @@ class RelayFactory(Factory):
         connect_timeout: float = 10,
         no_delay: bool = True,
         clients: IRelayedClients | None = None,
+        send_proxy: str | None = None,
+        proxy_checksum: bool = False,
     ) -> None:
         where = f"relay {name!r}" if name else "relay"
+        self.send_proxy = check_version(where, send_proxy)
+        self.proxy_checksum = bool(proxy_checksum)
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -501,5 +519,3 @@ class RelayFactory(Factory):
     def __repr__(self) -> str:
         name = f" {self.name}" if self.name else ""
         return f"<RelayFactory{name} -> {self.backend}>"
-
-
