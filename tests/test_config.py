@@ -870,3 +870,182 @@ def test_the_builtin_matcher_table_matches_the_declarations() -> None:
     for name, function in BUILTIN_MATCHERS.items():
         assert parameters_of(function) is not None, f"{name} declares nothing"
         assert documented[name] == _documented_parameters(function), name
+
+
+# -- endpoint strings, in the user's terms -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        (
+            "tcp:8080:bogus=1",
+            'unknown argument "bogus" for tcp, which takes port, interface, backlog',
+        ),
+        (
+            "haproxy:tcp:8080:bogus=1",
+            'unknown argument "bogus" for tcp, which takes port, interface, backlog',
+        ),
+        (
+            "tcp6:0:interface=::1",
+            'the value of "interface" seems cut at a colon; write a colon inside'
+            ' a value as "\\:", as in interface=\\:\\:1',
+        ),
+        ("unix:a:b:c:d:e", "too many arguments for unix, which takes address, mode"),
+        ("tcp:8080:port=9", 'argument "port" is given twice'),
+        ("systemd:domain=INET:index=0:bogus=1", 'unknown argument "bogus" for systemd'),
+    ],
+)
+def test_server_endpoint_arguments_are_explained(
+    tmp_path: Path, listen: str, expected: str
+) -> None:
+    message = error_of(
+        tmp_path, f'listen = ["{listen}"]\n'.replace("\\", "\\\\") + WEB_ROUTE
+    )
+    assert_says(
+        message,
+        'key "listen[0]"',
+        "is not a valid Twisted server endpoint string: " + expected,
+        'expected something like "tcp:8080"',
+    )
+    assert "_parse" not in message and "positional" not in message
+
+
+@pytest.mark.parametrize(
+    ("proxy", "expected"),
+    [
+        # Twisted takes this one, with an empty host: it would fail later.
+        ("tcp:host=::1:port=22", "as in host=\\:\\:1"),
+        ("tls:host=::1:port=1", "as in host=\\:\\:1"),
+        ("tcp:host=h:port=1:bogus=2", 'unknown argument "bogus" for tcp, which takes'),
+        ("unix:path=/x:bogus=1", 'unknown argument "bogus" for unix, which takes'),
+    ],
+)
+def test_client_endpoint_arguments_are_explained(
+    tmp_path: Path, proxy: str, expected: str
+) -> None:
+    route = SSH_ROUTE.replace("tcp:host=127.0.0.1:port=22", proxy)
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(
+        message,
+        'key "proxy"',
+        "is not a valid Twisted client endpoint string",
+        expected,
+        'expected something like "tcp:host=127.0.0.1:port=22"',
+    )
+
+
+def test_escaped_colons_are_accepted(tmp_path: Path) -> None:
+    text = """
+    listen = ['tcp6:0:interface=\\:\\:1']
+    [[route]]
+    name = "ssh"
+    match = ["ssh"]
+    proxy = 'tcp:host=\\:\\:1:port=22'
+    """
+    config = load(write(tmp_path, text))
+    assert config.listen == ("tcp6:0:interface=\\:\\:1",)
+
+
+@pytest.mark.parametrize("server", [True, False])
+def test_the_argument_tables_name_what_twisted_takes(server: bool) -> None:
+    from twisted.internet import endpoints
+
+    from txcmux._config._endpoints import (
+        CLIENT_ARGUMENTS,
+        SERVER_ARGUMENTS,
+        _InertReactor,
+    )
+
+    parse = endpoints.serverFromString if server else endpoints.clientFromString
+    for kind, names in (SERVER_ARGUMENTS if server else CLIENT_ARGUMENTS).items():
+        for name in [*names.split(), "bogus"]:
+            try:
+                parse(_InertReactor(), f"{kind}:h:1:{name}=x")
+            except Exception as error:
+                unknown = "unexpected keyword" in str(error) or (
+                    "unrecognized keyword" in str(error)
+                )
+            else:
+                unknown = False
+            assert unknown == (name == "bogus"), (kind, name)
+
+
+def test_a_systemd_socket_is_looked_up_when_built(tmp_path: Path) -> None:
+    # Checking accepts it (the socket is inherited at start); building says
+    # plainly that none was passed.
+    path = write(tmp_path, 'listen = ["systemd:domain=INET:index=0"]\n' + WEB_ROUTE)
+    config = load(path)
+    with pytest.raises(ConfigurationError) as raised:
+        make_service(config, reactor=MemoryReactorClock())
+    assert_says(
+        str(raised.value),
+        f'{path}: key "listen[0]": "systemd:domain=INET:index=0": no socket was'
+        " passed for index 0: this process was passed 0 sockets",
+        "LISTEN_FDS",
+        "--fdname",
+    )
+    with pytest.raises(ConfigurationError) as raised:
+        make_service(
+            load(path, listen=["systemd:domain=UNIX:name=web"]),
+            reactor=MemoryReactorClock(),
+        )
+    assert_says(
+        str(raised.value),
+        'the command line: key "--listen[0]"',
+        'no socket was passed for the name "web"',
+    )
+
+
+# -- TOML syntax errors point at the mistake ---------------------------------
+
+
+def test_an_unclosed_array_is_shown_on_its_own_line(tmp_path: Path) -> None:
+    lines = [f"# line {n}" for n in range(1, 21)]
+    lines += ['listen = ["tcp:0"]', 'routes = ["web"', "", "[[route]]"]
+    message = error_of(tmp_path, "\n".join(lines) + "\n" + WEB_ROUTE)
+    assert_says(
+        message,
+        "not valid TOML: Unclosed array, probably at the end of line 22:"
+        " 'routes = [\"web\"' (noticed at line 24, column 1: '[[route]]')",
+    )
+
+
+def test_an_unclosed_array_at_the_end_of_the_file(tmp_path: Path) -> None:
+    message = error_of(tmp_path, 'sniff_timeout = 1\nlisten = ["tcp:0"')
+    assert_says(
+        message,
+        "Unclosed array, probably at the end of line 2: 'listen = [\"tcp:0\"'",
+        "noticed at the end of the file",
+    )
+
+
+def test_other_toml_errors_show_the_line(tmp_path: Path) -> None:
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\nsniff_timeout = yes\n')
+    assert_says(
+        message,
+        "not valid TOML: Invalid value (at line 2, column 17): 'sniff_timeout = yes'",
+    )
+
+
+# -- what checking leaves behind ---------------------------------------------
+
+
+def test_checking_leaves_sys_path_as_it_was(tmp_path: Path) -> None:
+    (tmp_path / "cmux_next_to_it.py").write_text("resource = None\n")
+    route = WEB_ROUTE.replace("txcmux.demo:resource", "cmux_next_to_it:resource")
+    before = list(sys.path)
+    load(write(tmp_path, 'listen = ["tcp:0"]\n' + route))
+    assert sys.path == before
+    # And when checking fails after the import, too.
+    error_of(tmp_path, 'listen = ["tcp:0"]\n' + route + 'sniff_timeout = "x"\n')
+    assert sys.path == before
+
+
+def test_warnings_are_kept_for_check_to_print(tmp_path: Path) -> None:
+    text = 'listen = ["tcp:0"]\nroutes = ["web"]\n' + WEB_ROUTE + SSH_ROUTE
+    config = load(write(tmp_path, text))
+    assert config.warnings == (
+        f"{tmp_path / 'cmux.toml'}: route 'ssh' is used by no listener and no"
+        " tls route",
+    )

@@ -254,7 +254,7 @@ class TestPluginRoutesARealConnection(unittest.TestCase):
         service = make_service(loads(PING_CONFIG, source="ping.toml"), reactor=reactor)
         service.startService()
         self.addCleanup(service.stopService)
-        yield service.listeners[0].listening()
+        yield service.listeners[0].ready
         port = service.listeners[0].port.getHost().port
         for opening, expected in (
             (b"PING there\n", b"echo: PING there\n"),
@@ -273,3 +273,95 @@ def test_memory_reactor_build_with_plugin_is_not_started(ping_plugin: None) -> N
     service = make_service(loads(PING_CONFIG), reactor=MemoryReactorClock())
     assert service.mux.routes[0].name == "ping"
     assert not service.running
+
+
+# -- parameter declarations --------------------------------------------------
+
+
+@pytest.mark.usefixtures("ping_plugin")
+def test_a_plugin_without_a_declaration_gets_what_toml_gives() -> None:
+    text = PING_CONFIG.replace(
+        'match = ["ping", { type = "ping", word = "HELO" }]',
+        'match = [{ type = "echo_word", word = "hi", upper = true }]',
+    )
+    matcher = loads(text).route("ping").matchers[0].matcher
+    # echo_word was given the str "hi" (it refuses bytes) and the bool true.
+    assert matcher(b"HI there").outcome is Outcome.MATCH
+    assert matcher(b"hi").outcome is Outcome.NO_MATCH
+    with pytest.raises(ConfigurationError) as raised:
+        loads(text.replace("upper =", "uper ="), source="ping.toml")
+    assert 'matcher "echo_word" has no parameter "uper"' in str(raised.value)
+    assert "its parameters are: word, upper" in str(raised.value)
+
+
+@pytest.mark.usefixtures("ping_plugin")
+def test_a_declared_plugin_parameter_is_checked() -> None:
+    text = PING_CONFIG.replace('word = "HELO"', "word = 7")
+    with pytest.raises(ConfigurationError) as raised:
+        loads(text, source="ping.toml")
+    assert 'key "match[1].word": found the integer 7, expected a string' in str(
+        raised.value
+    )
+
+
+def test_every_matcher_of_txcmux_declares_its_parameters() -> None:
+    from txcmux.matchers._params import parameters_of
+
+    registry = matcher_registry()
+    for name in [*BUILTIN_MATCHERS, "redis", "postgres"]:
+        assert parameters_of(registry.get(name).load()) is not None, name
+
+
+@pytest.mark.parametrize(
+    ("declared", "problem"),
+    [
+        (matchers.Param("wrod", bytes), "'wrod' is not in its signature"),
+        (
+            matchers.Param("word", bytes),
+            "declared with default REQUIRED, but the function's default is b'PING'",
+        ),
+        (
+            matchers.Param("word", bytes, b"PONG"),
+            "declared with default b'PONG', but the function's default is b'PING'",
+        ),
+        (
+            matchers.Param("word", list[bytes], repeats=True),
+            "'word' repeats, but is not its *word",
+        ),
+    ],
+)
+def test_a_declaration_the_signature_contradicts_is_refused(
+    declared: matchers.Param, problem: str
+) -> None:
+    def ping(word: bytes = b"PING") -> matchers.FunctionMatcher:
+        return matchers.prefix(word)
+
+    with pytest.raises(TypeError) as raised:
+        matchers.parameters(declared)(ping)
+    assert problem in str(raised.value)
+    assert matchers.parameters(matchers.Param("word", bytes, b"PING"))(ping) is ping
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        (("x", dict), "is not one of int, float, bool, str, bytes, object"),
+        (("x", list[dict]), "is not one of int"),
+        (("x", bytes, b"", True), "repeats and singular need a list[...] type"),
+    ],
+)
+def test_a_parameter_of_an_unknown_type_is_refused(
+    arguments: tuple[object, ...], problem: str
+) -> None:
+    with pytest.raises(TypeError) as raised:
+        matchers.Param(*arguments)  # type: ignore[arg-type]
+    assert problem in str(raised.value)
+
+
+def test_what_the_registry_warns_is_kept() -> None:
+    with captured_logs():
+        registry = build_registry([_entry_point("ssh", "tests.test_plugins:fake_ssh")])
+    assert registry.warnings == [
+        "matcher plugin entry point ssh = tests.test_plugins:fake_ssh (unknown) is"
+        " ignored: 'ssh' is a built-in matcher name, and built-ins win"
+    ]

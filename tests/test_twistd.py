@@ -8,6 +8,11 @@ traceback in its output.
 
 from __future__ import annotations
 
+import contextlib
+import html
+import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,7 +40,15 @@ def twistd_command() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-def run_twistd(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def clean_environment(**extra: str) -> dict[str, str]:
+    """This process's environment without inherited sockets, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+    return {**env, **extra}
+
+
+def run_twistd(
+    args: Sequence[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run twistd to completion (for --help, --check and failing starts)."""
     return subprocess.run(
         [*twistd_command(), *args],
@@ -43,7 +56,18 @@ def run_twistd(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[st
         capture_output=True,
         text=True,
         timeout=60,
+        env=env or clean_environment(),
     )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a failed start printed, checked to be all it printed."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("twistd cmux: error: "), lines
+    return lines[0]
 
 
 @dataclass
@@ -66,7 +90,7 @@ def start_twistd(tmp_path: Path) -> Iterator[object]:
     """Start ``twistd -n cmux ARGS`` and wait (bounded) until it listens."""
     started: list[subprocess.Popen[str]] = []
 
-    def start(*args: str) -> Running:
+    def start(*args: str, env: dict[str, str] | None = None) -> Running:
         port_file = tmp_path / f"ports-{len(started)}"
         log = tmp_path / f"twistd-{len(started)}.log"
         output = log.open("w", encoding="utf-8")
@@ -84,6 +108,7 @@ def start_twistd(tmp_path: Path) -> Iterator[object]:
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
+            env=env or clean_environment(),
         )
         output.close()
         started.append(process)
@@ -236,6 +261,188 @@ def test_address_in_use_stops_start_up(tmp_path: Path) -> None:
     assert f"cannot listen on tcp:{port}:interface=127.0.0.1" in output
 
 
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port something else listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+def kill_daemon(pid_file: Path) -> None:
+    """Stop a daemon that should not have started (so a failure leaves none)."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+def test_address_in_use_leaves_no_pid_file(
+    tmp_path: Path, taken_port: int, daemon: bool
+) -> None:
+    # twistd's default pid file (twistd.pid here): the listen is tried before
+    # twistd writes it or forks, so neither mode leaves it, nor hangs.
+    listen = f"tcp:{taken_port}:interface=127.0.0.1"
+    mode = ["--logfile=twistd.log"] if daemon else ["-n"]
+    try:
+        result = run_twistd([*mode, "cmux", "--listen", listen], tmp_path)
+    finally:
+        kill_daemon(tmp_path / "twistd.pid")
+    line = one_error_line(result)
+    assert line.startswith(f"twistd cmux: error: cannot listen on {listen}: ")
+    assert "Address already in use" in line
+    assert not (tmp_path / "twistd.pid").exists()
+
+
+def test_a_daemon_serves_what_it_listened_on_before_forking(tmp_path: Path) -> None:
+    port_file, pid_file = tmp_path / "ports", tmp_path / "twistd.pid"
+    args = ["--logfile=twistd.log", "cmux", "--listen", "tcp:0:interface=127.0.0.1"]
+    try:
+        result = run_twistd([*args, "--port-file", str(port_file)], tmp_path)
+        assert result.returncode == 0, result.stderr
+        deadline = time.monotonic() + START_TIMEOUT
+        while not port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = int(port_file.read_text().split()[0])
+        assert "HTTP/2 (h2c)" in curl(port, "/hello", "--http2-prior-knowledge")
+        check_grpc(port)
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_file.exists()
+    finally:
+        kill_daemon(pid_file)
+    log = (tmp_path / "twistd.log").read_text()
+    assert "txcmux: stopped" in log and "Traceback" not in log
+
+
+# -- systemd socket activation -----------------------------------------------
+
+SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
+
+
+def test_a_systemd_listener_without_a_socket_says_so(tmp_path: Path) -> None:
+    expected = (
+        'twistd cmux: error: the command line: key "--listen[0]":'
+        ' "systemd:domain=INET:index=0": no socket was passed for index 0:'
+        " this process was passed 0 sockets."
+    )
+    listen = ["--listen", "systemd:domain=INET:index=0"]
+    line = one_error_line(run_twistd(["-n", "--pidfile=", "cmux", *listen], tmp_path))
+    assert line.startswith(expected), line
+    assert "LISTEN_FDS" in line
+    config = tmp_path / "systemd.toml"
+    config.write_text(GOOD.replace('"tcp:0"', '"systemd:domain=INET:index=0"'))
+    line = one_error_line(
+        run_twistd(["cmux", "--check", "--config", str(config)], tmp_path)
+    )
+    assert line.startswith(
+        f'twistd cmux: error: {config}: key "listen[0]": "systemd:domain=INET:index=0":'
+        " no socket was passed for index 0: this process was passed 0 sockets."
+    ), line
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def socket_activated(
+    tmp_path: Path, fdname: str | None, *args: str
+) -> tuple[subprocess.Popen[str], int]:
+    """twistd cmux under systemd-socket-activate, started by a first client."""
+    port = free_port()
+    names = [f"--fdname={fdname}"] if fdname else []
+    assert SOCKET_ACTIVATE is not None
+    twistd = [*twistd_command(), "-n", "--pidfile=", "cmux", *args]
+    process = subprocess.Popen(
+        [SOCKET_ACTIVATE, "-l", f"127.0.0.1:{port}", *names, *twistd],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_environment(),
+    )
+    assert process.stderr is not None
+    assert "Listening on" in process.stderr.readline()
+    return process, port
+
+
+@pytest.mark.skipif(SOCKET_ACTIVATE is None, reason="needs systemd-socket-activate")
+def test_under_systemd_socket_activate(tmp_path: Path) -> None:
+    # Without --fdname there is no LISTEN_FDNAMES, and Twisted takes no socket.
+    listen = ["--listen", "systemd:domain=INET:index=0"]
+    process, port = socket_activated(tmp_path, None, *listen)
+    with socket.create_connection(("127.0.0.1", port), timeout=10):
+        _, errors = process.communicate(timeout=60)
+    assert process.returncode == 1, errors
+    assert "Traceback" not in errors
+    assert (
+        "no socket was passed for index 0: this process was passed 0 sockets." in errors
+    )
+    # With it, the inherited socket serves, by name as by index.
+    port_file = tmp_path / "ports"
+    process, port = socket_activated(
+        tmp_path,
+        "web",
+        "--listen",
+        "systemd:domain=INET:name=web",
+        "--port-file",
+        str(port_file),
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(
+                b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        assert answer.endswith(b"Hello from txcmux over HTTP/1.1\n"), answer
+        assert port_file.read_text().split() == [str(port)]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors
+
+
+# -- warnings under --check --------------------------------------------------
+
+
+def shadowing_plugin(tmp_path: Path) -> dict[str, str]:
+    """An environment where a distribution claims the built-in name ssh."""
+    site = tmp_path / "site"
+    info = site / "shadow_ssh-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: shadow-ssh\nVersion: 1.0\n"
+    )
+    (info / "entry_points.txt").write_text("[txcmux.matchers]\nssh = shadow_ssh:ssh\n")
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return clean_environment(PYTHONPATH=path)
+
+
+SHADOW_WARNING = (
+    "matcher plugin entry point ssh = shadow_ssh:ssh (shadow-ssh) is ignored:"
+    " 'ssh' is a built-in matcher name, and built-ins win"
+)
+
+
+def test_check_prints_what_running_logs(tmp_path: Path, start_twistd: object) -> None:
+    env = shadowing_plugin(tmp_path)
+    path = tmp_path / "good.toml"
+    path.write_text(GOOD)
+    result = run_twistd(["cmux", "--check", "--config", str(path)], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [f"twistd cmux: warning: {SHADOW_WARNING}"]
+    assert result.stdout.strip() == f"{path}: OK, 1 listener, 3 routes"
+    running = start_twistd("--config", str(path), env=env)  # type: ignore[operator]
+    output = running.stop()
+    assert_clean_exit(running, output)
+    assert f"txcmux: {SHADOW_WARNING}" in output
+
+
 # -- running -----------------------------------------------------------------
 
 
@@ -310,6 +517,46 @@ def test_builtin_demo(start_twistd: object) -> None:
     output = running.stop()
     assert_clean_exit(running, output)
     assert "the built-in demo: listening on tcp:0:interface=127.0.0.1" in output
+
+
+def test_the_demo_pages_grpc_client_needs_no_txcmux(start_twistd: object) -> None:
+    running = start_twistd("--listen", "tcp:0:interface=127.0.0.1")  # type: ignore[operator]
+    page = curl(running.port, "/")
+    found = re.search(r"<pre>python - &lt;&lt;'EOF'\n(.*?)EOF</pre>", page, re.S)
+    assert found, page
+    client = html.unescape(found.group(1))
+    assert f'grpc.insecure_channel("127.0.0.1:{running.port}")' in client
+    # Run as pasted into an environment with grpcio but no txcmux.
+    blocked = "import sys; sys.modules['txcmux'] = None; exec(sys.stdin.read())"
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", blocked],
+        input=client,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["status: SERVING", "", "Hello, world!"]
+    assert_clean_exit(running, running.stop())
+
+
+def test_the_demo_listens_on_loopback_unless_told(tmp_path: Path) -> None:
+    from tests.logs import captured_logs
+    from txcmux._config._twistd import Options
+    from txcmux.demo import DEMO_LISTEN, LOOPBACK_NOTE
+
+    assert DEMO_LISTEN == "tcp:8080:interface=127.0.0.1"
+    for args, listen, noted in (
+        ([], (DEMO_LISTEN,), True),
+        (["--listen", "tcp:8080"], ("tcp:8080",), False),
+    ):
+        options = Options()
+        with captured_logs() as lines:
+            options.parseOptions(args)
+        assert options.service is not None
+        assert options.service.config.listen == listen
+        assert any(LOOPBACK_NOTE in line for line in lines) is noted, lines
+    assert "--listen tcp:8080" in LOOPBACK_NOTE
 
 
 def test_sigterm_while_a_client_is_connected(start_twistd: object) -> None:

@@ -202,19 +202,19 @@ class _Builder:
 
 @implementer(IStreamServerEndpoint)
 class _Listener:
-    """One ``listen`` endpoint, as the listening service sees it.
+    """One ``listen`` endpoint, as the listening service listens on it.
 
-    It listens on the endpoint it wraps, notes the port it gets (for the
-    start-up log and the port file), says plainly when it cannot listen,
-    and can listen before the service starts (:meth:`listen_now`).
+    Notes the port (for the start-up log and the port file) and fires
+    ``ready`` with it; says in one line when it cannot listen; can listen
+    before the service starts (:meth:`listen_now`).
     """
 
     def __init__(self, description: str, endpoint: IStreamServerEndpoint) -> None:
         self.description = description
         self.endpoint = endpoint
         self.port: IListeningPort | None = None
+        self.ready: defer.Deferred[IListeningPort] = defer.Deferred()
         self._early: defer.Deferred[IListeningPort] | None = None
-        self._waiting: list[defer.Deferred[IListeningPort]] = []
 
     def listen_now(self, factory: IProtocolFactory) -> None:
         """Listen at once; ListenError if that fails at once."""
@@ -235,60 +235,42 @@ class _Listener:
         """Stop listening where :meth:`listen_now` listened (start-up failed)."""
         if self._early is not None:
             self._early.addCallback(lambda port: port.stopListening())
-            self._early = None
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
-        """Listen (or take the port :meth:`listen_now` got): IStreamServerEndpoint.
+        """Listen, or take what :meth:`listen_now` got (IStreamServerEndpoint).
 
-        A failure is logged here in one line and the result is then None,
-        which the service takes as nothing to stop (its own errback would
-        log a traceback).
+        A failure is logged here, in one line; the service then gets None,
+        nothing to stop (its own errback would log a traceback).
         """
-        attempt, self._early = self._early, None
-        if attempt is None:
-            attempt = self.endpoint.listen(factory)
+        attempt, self._early = self._early or self.endpoint.listen(factory), None
+        self.ready = defer.Deferred()
         outcome = attempt.addCallbacks(self._listened, self._failed)
         return cast("defer.Deferred[IListeningPort]", outcome)
-
-    def listening(self) -> defer.Deferred[IListeningPort]:
-        """Fires with the port once listening, or fails if it cannot."""
-        if self.port is not None:
-            return defer.succeed(self.port)
-        waiting: defer.Deferred[IListeningPort] = defer.Deferred()
-        self._waiting.append(waiting)
-        return waiting
 
     def _cannot(self, failure: Failure) -> str:
         return f"cannot listen on {self.description}: {failure.getErrorMessage()}"
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(port)
+        self.ready.callback(port)
         return port
 
     def _failed(self, failure: Failure) -> None:
-        # Said here, in one line; the service gets None and logs nothing more.
         _log.critical("txcmux: {message}", message=self._cannot(failure))
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.errback(failure)
+        self.ready.errback(failure)
 
     def address(self) -> str:
         """The address listened on: ``127.0.0.1:8080``, a path, or ``?``."""
-        if self.port is None:
-            return "?"
-        host = self.port.getHost()
-        if hasattr(host, "port"):
-            return f"{getattr(host, 'host', '')}:{host.port}"
+        host = self.port.getHost() if self.port is not None else None
+        port = getattr(host, "port", None)
+        if port is not None:
+            return f"{getattr(host, 'host', '')}:{port}"
         name = getattr(host, "name", None)
-        return os.fsdecode(name) if isinstance(name, str | bytes) else str(host)
+        return os.fsdecode(name) if isinstance(name, str | bytes) else "?"
 
     def port_file_line(self) -> str:
         """The port number for TCP, else the address (a unix socket path)."""
-        host = self.port.getHost() if self.port is not None else None
-        port = getattr(host, "port", None)
+        port = getattr(self.port.getHost(), "port", None) if self.port else None
         return str(port) if port is not None else self.address()
 
 
@@ -348,7 +330,7 @@ class CmuxService(service.MultiService):
             "after", "shutdown", clear_sigterm_exit, self.reactor
         )
         all_up = defer.gatherResults(
-            [listener.listening() for listener in self.listeners], consumeErrors=True
+            [listener.ready for listener in self.listeners], consumeErrors=True
         )
         all_up.addCallbacks(lambda _: self._started(), self._not_started)
 

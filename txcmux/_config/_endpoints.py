@@ -44,44 +44,18 @@ from ._values import Where, did_you_mean, quote, text
 
 #: The arguments each endpoint type of Twisted takes, for messages.
 SERVER_ARGUMENTS = {
-    "tcp": ("port", "interface", "backlog"),
-    "tcp6": ("port", "interface", "backlog"),
-    "unix": ("address", "mode", "backlog", "lockfile"),
-    "ssl": (
-        "port",
-        "privateKey",
-        "certKey",
-        "sslmethod",
-        "interface",
-        "backlog",
-        "extraCertChain",
-        "dhParameters",
-    ),
-    "systemd": ("domain", "index", "name"),
+    "tcp": "port interface backlog",
+    "tcp6": "port interface backlog",
+    "unix": "address mode backlog lockfile",
+    "ssl": "port privateKey certKey sslmethod interface backlog extraCertChain"
+    " dhParameters",
+    "systemd": "domain index name",
 }
 CLIENT_ARGUMENTS = {
-    "tcp": ("host", "port", "timeout", "bindAddress"),
-    "unix": ("path", "timeout", "lockfile"),
-    "ssl": (
-        "host",
-        "port",
-        "timeout",
-        "bindAddress",
-        "certKey",
-        "privateKey",
-        "caCertsDir",
-        "hostname",
-    ),
-    "tls": (
-        "host",
-        "port",
-        "timeout",
-        "bindAddress",
-        "certificate",
-        "privateKey",
-        "trustRoots",
-        "endpoint",
-    ),
+    "tcp": "host port timeout bindAddress",
+    "unix": "path timeout lockfile",
+    "ssl": "host port timeout bindAddress certKey privateKey caCertsDir hostname",
+    "tls": "host port timeout bindAddress certificate privateKey trustRoots endpoint",
 }
 #: Endpoint types whose arguments are another endpoint string.
 WRAPPERS = ("haproxy",)
@@ -155,20 +129,22 @@ def _explain(description: str, error: Exception, server: bool) -> str:
     """What is wrong with ``description``, given what Twisted raised for it."""
     inner = _inner(description)
     kind = inner.partition(":")[0].lower()
-    takes = (SERVER_ARGUMENTS if server else CLIENT_ARGUMENTS).get(kind)
-    accepted = f"{kind}, which takes {', '.join(takes)}" if takes else kind
+    takes = (SERVER_ARGUMENTS if server else CLIENT_ARGUMENTS).get(kind, "")
+    accepted = f"{kind}, which takes {', '.join(takes.split())}" if takes else kind
     message = str(error)
-    unknown = re.search(r"unexpected keyword argument '(\w+)'", message)
+    unknown = re.search(
+        r"(?:unexpected keyword argument |arguments present', \[)'(\w+)'", message
+    )
     if unknown:
         return f"unknown argument {quote(unknown.group(1))} for {accepted}"
-    missing = re.search(r"missing \d+ required positional argument: '(\w+)'", message)
-    if missing:
-        return f"missing argument {quote(missing.group(1))} for {accepted}"
+    if re.search("missing \\d+ required positional", message):
+        names = re.findall(r"'(\w+)'", message.partition(":")[2])
+        return f"missing {' and '.join(map(quote, names))} for {accepted}"
     cut = _cut_at_colon(inner, refused=isinstance(error, TypeError))
     if cut is not None:
         return (
-            "a value seems cut at a colon; write a colon inside a value as"
-            f' "\\:", as in {cut}'
+            f"the value of {quote(cut.partition('=')[0])} seems cut at a colon;"
+            f' write a colon inside a value as "\\:", as in {cut}'
         )
     twice = re.search(r"multiple values for argument '(\w+)'", message)
     if twice:

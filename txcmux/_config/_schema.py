@@ -33,7 +33,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.logger import Logger
 
@@ -69,86 +69,82 @@ DEFAULT_MAX_SNIFF_BYTES = 16384
 # -- what a checked config holds ---------------------------------------------
 
 
+class _Target:
+    """What a route's target key says, checked; ``kind`` is the key."""
+
+    kind: ClassVar[str]
+    shown: ClassVar[str]  # how the start-up log shows it
+
+    def describe(self) -> str:
+        """How the start-up log shows this target."""
+        return self.shown.format(self=self)
+
+
 @dataclass(frozen=True)
-class WebTarget:
+class WebTarget(_Target):
     """``web = "module:attr"``: an IResource or Site, or a callable giving one."""
 
     path: str
     obj: object
-    kind: str = field(default="web", init=False)
-
-    def describe(self) -> str:
-        """How the start-up log shows this target."""
-        return f"web {self.path}"
+    kind, shown = "web", "web {self.path}"
 
 
 @dataclass(frozen=True)
-class StaticTarget:
+class StaticTarget(_Target):
     """``static = "dir"``: files served from a directory."""
 
     directory: Path
-    kind: str = field(default="static", init=False)
-
-    def describe(self) -> str:
-        """How the start-up log shows this target."""
-        return f"static files in {self.directory}"
+    kind, shown = "static", "static files in {self.directory}"
 
 
 @dataclass(frozen=True)
-class ProxyTarget:
+class ProxyTarget(_Target):
     """``proxy = "client endpoint"``: a relay to a backend."""
 
     endpoint: str
-    kind: str = field(default="proxy", init=False)
-
-    def describe(self) -> str:
-        """How the start-up log shows this target."""
-        return f"proxy to {self.endpoint}"
+    kind, shown = "proxy", "proxy to {self.endpoint}"
 
 
 @dataclass(frozen=True)
-class GrpcTarget:
+class GrpcTarget(_Target):
     """``grpc = ["module:add_services", ...]``: the in-process gRPC server."""
 
     paths: tuple[str, ...]
     functions: tuple[Callable[[Any], object], ...]
-    kind: str = field(default="grpc", init=False)
+    kind, shown = "grpc", "in-process gRPC ({self.listed})"
 
-    def describe(self) -> str:
-        """How the start-up log shows this target."""
-        return f"in-process gRPC ({', '.join(self.paths)})"
+    @property
+    def listed(self) -> str:
+        """The import paths, comma-separated."""
+        return ", ".join(self.paths)
 
 
 @dataclass(frozen=True)
-class FactoryTarget:
+class FactoryTarget(_Target):
     """``factory = "module:attr"``: any protocol factory, or a callable giving one."""
 
     path: str
     obj: object
-    kind: str = field(default="factory", init=False)
-
-    def describe(self) -> str:
-        """How the start-up log shows this target."""
-        return f"factory {self.path}"
+    kind, shown = "factory", "factory {self.path}"
 
 
 @dataclass(frozen=True)
-class TLSTarget:
+class TLSTarget(_Target):
     """``tls = {certificate, key, routes}``: TLS termination, then the routes.
 
-    ``options`` holds the other keys given (``TLS_KEYS`` after ``routes``),
-    checked: keyword arguments of TLSTerminationFactory of the same names.
+    ``options`` are the other keys given: TLSTerminationFactory's keywords.
     """
 
     certificate: Path
     key: Path
     routes: tuple[str, ...]
     options: Mapping[str, Any] = field(default_factory=dict)
-    kind: str = field(default="tls", init=False)
+    kind, shown = "tls", "TLS ({self.certificate.name}) then {self.listed}"
 
-    def describe(self) -> str:
-        """How the start-up log shows this target."""
-        return f"TLS ({self.certificate.name}) then {' | '.join(self.routes)}"
+    @property
+    def listed(self) -> str:
+        """The inner routes, as ``a | b``."""
+        return " | ".join(self.routes)
 
 
 Target = WebTarget | StaticTarget | ProxyTarget | GrpcTarget | FactoryTarget | TLSTarget

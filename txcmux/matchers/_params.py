@@ -132,7 +132,10 @@ def _check_signature(
             if param.default is not REQUIRED:
                 problem = "has a default, but the function has none"
         elif param.default is REQUIRED or param.default != actual.default:
-            problem = f"has default {param.default!r}, the function {actual.default!r}"
+            problem = (
+                f"is declared with default {param.default!r}, but the function's"
+                f" default is {actual.default!r}"
+            )
         if problem is not None:
             name = getattr(function, "__qualname__", repr(function))
             raise TypeError(f"{name}(): parameter {param.name!r} {problem}")
