@@ -24,11 +24,11 @@ from ..matchers import Matcher, Outcome, Verdict
 from ._harness import ConnectionReport, SwitchHarness, split_at
 
 #: Inputs are tried at every prefix and every split point up to this many
-#: bytes; beyond it, at sampled points (see :func:`assert_well_behaved`).
+#: bytes; beyond it, at doubling lengths (see :func:`assert_well_behaved`).
 EXHAUSTIVE_BYTES = 4096
 
-# Three-piece splits are tried exhaustively for inputs up to this length
-# (its square over two detector runs), and this many sampled ones beyond.
+# Three-piece splits are all tried for inputs up to this length (about
+# n * n / 2 detector runs), and this many sampled ones for longer inputs.
 _ALL_PAIRS_UP_TO = 48
 _SAMPLED_PAIRS = 300
 # The longest input built to probe a matcher at its bound.
@@ -103,7 +103,7 @@ def assert_well_behaved(
       only while it needs more), replays the same bytes.
 
     Prefixes and split points are all tried up to ``exhaustive_bytes`` of
-    each sample, and at sampled points beyond; three-piece splits are all
+    each sample, and at doubling lengths beyond; three-piece splits are all
     tried for samples up to 48 bytes, and 300 sampled ones (the same on
     every run) for longer samples.
 
