@@ -132,8 +132,20 @@ def test_http1_request_line(data: bytes, expected: Outcome) -> None:
 
 def test_http1_gives_up_at_its_bound() -> None:
     line = b"GET /" + b"a" * 100
-    assert outcome(matchers.http1(max_request_line=50), line) is W
-    assert matchers.http1(max_request_line=50).max_bytes == 50
+    bounded = matchers.http1(max_request_line=50)
+    assert bounded.max_bytes == 50
+    assert outcome(bounded, line[:49]) is W
+    assert outcome(bounded, line[:50]) is N
+    assert outcome(bounded, line) is N
+    assert outcome(matchers.http1(), line) is W
+
+
+def test_http1_header_gives_up_at_its_bound() -> None:
+    opening = b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Long: " + b"a" * 100
+    bounded = matchers.http1_header("Upgrade", "websocket", max_bytes=60)
+    assert outcome(bounded, opening[:59]) is W
+    assert outcome(bounded, opening[:60]) is N
+    assert outcome(matchers.http1_header("Upgrade", "websocket"), opening) is W
 
 
 WEBSOCKET = (

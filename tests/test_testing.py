@@ -183,22 +183,7 @@ def test_shipped_matchers_are_well_behaved_on_the_captures(name: str) -> None:
     assert_well_behaved(SHIPPED[name], CAPTURES.values())
 
 
-# http1() and http1_header() answer NEED_MORE beyond their max_bytes for a
-# request line or header block that never ends (b"A" * 8192): the detector
-# takes that as no match, but the documented rule is broken.
-_UNBOUNDED = pytest.mark.xfail(
-    strict=True,
-    reason="http1 and http1_header answer 'need more' at their max_bytes",
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=_UNBOUNDED) if name in ("h1", "websocket") else name
-        for name in SHIPPED
-    ],
-)
+@pytest.mark.parametrize("name", list(SHIPPED))
 def test_shipped_matchers_are_well_behaved_on_synthetic_openings(name: str) -> None:
     assert_well_behaved(SHIPPED[name], SYNTHETIC)
 

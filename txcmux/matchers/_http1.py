@@ -139,6 +139,8 @@ def http1(max_request_line: int = DEFAULT_MAX_REQUEST_LINE) -> FunctionMatcher:
 
     def verdict(data: bytes) -> Verdict:
         end = request_line_end(data)
+        if end is NEED_MORE and len(data) >= max_request_line:
+            return NO_MATCH  # a line longer than allowed is not waited for
         return end if isinstance(end, Verdict) else MATCH
 
     return FunctionMatcher("http1", max_request_line, verdict, alpn=_HTTP1_ALPN)
@@ -173,6 +175,12 @@ def http1_header(
         raise ValueError(f"http1_header(): {name!r} is not an HTTP field name")
 
     def verdict(data: bytes) -> Verdict:
+        found = scan(data)
+        if found is NEED_MORE and len(data) >= max_bytes:
+            return NO_MATCH  # a header block longer than allowed is not waited for
+        return found
+
+    def scan(data: bytes) -> Verdict:
         position = request_line_end(data)
         if isinstance(position, Verdict):
             return position
