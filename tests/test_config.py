@@ -1049,3 +1049,153 @@ def test_warnings_are_kept_for_check_to_print(tmp_path: Path) -> None:
         f"{tmp_path / 'cmux.toml'}: route 'ssh' is used by no listener and no"
         " tls route",
     )
+
+
+# -- the PROXY protocol --------------------------------------------------------
+
+
+def test_proxy_protocol_is_off_unless_asked(tmp_path: Path) -> None:
+    config = load(write(tmp_path, 'listen = ["tcp:0"]\n' + WEB_ROUTE))
+    (listener,) = config.listeners
+    assert listener.proxy_protocol == "off"
+    assert listener.prelude() is None
+    assert make_service(config).mux.prelude is None
+
+
+def test_top_level_proxy_keys_apply_to_every_listener_a_table_may_differ(
+    tmp_path: Path,
+) -> None:
+    config = load(
+        write(
+            tmp_path,
+            """\
+            proxy_protocol = "optional"
+            trusted_proxies = ["10.0.0.0/8", "unix"]
+            proxy_protocol_max_bytes = 512
+            listen = [
+                "tcp:0",
+                "tcp:1",
+                { endpoint = "tcp:2", proxy_protocol = "off" },
+                { endpoint = "tcp:3", trusted_proxies = ["::1"] },
+            ]
+            """
+            + WEB_ROUTE,
+        )
+    )
+    assert config.listen == ("tcp:0", "tcp:1", "tcp:2", "tcp:3")
+    modes = [(lis.proxy_protocol, lis.trusted_proxies) for lis in config.listeners]
+    assert modes == [
+        ("optional", ("10.0.0.0/8", "unix")),
+        ("optional", ("10.0.0.0/8", "unix")),
+        ("off", ("10.0.0.0/8", "unix")),
+        ("optional", ("::1",)),
+    ]
+    first = config.listeners[0].prelude()
+    assert first is not None
+    assert (first.mode, first.max_v2_bytes, first.trust_unix) == ("optional", 512, True)
+    service = make_service(config)
+    # Listeners with the same settings share a detector; others get their own.
+    muxes = service.muxes
+    assert muxes[0] is muxes[1]
+    assert len({id(mux) for mux in muxes}) == 3
+    assert muxes[2].prelude is None
+    assert muxes[0].routes == muxes[3].routes
+
+
+def test_listen_option_takes_the_top_level_proxy_keys(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'proxy_protocol = "required"\nlisten = [{ endpoint = "tcp:9" }]\n' + WEB_ROUTE,
+    )
+    (listener,) = load(path, listen=["tcp:0"]).listeners
+    assert (listener.endpoint, listener.proxy_protocol) == ("tcp:0", "required")
+
+
+@pytest.mark.parametrize(
+    ("top", "expected"),
+    [
+        (
+            'proxy_protocol = "maybe"\nlisten = ["tcp:0"]',
+            (
+                'key "proxy_protocol"',
+                'found the string "maybe"',
+                'one of "off", "optional" or "required"',
+            ),
+        ),
+        (
+            'proxy_protocol = "optional"\nlisten = ["tcp:0"]',
+            ('key "proxy_protocol"', "needs trusted_proxies"),
+        ),
+        (
+            'listen = [{ endpoint = "tcp:0", proxy_protocol = "optional" }]',
+            ('key "listen[0].proxy_protocol"', "needs trusted_proxies"),
+        ),
+        (
+            'trusted_proxies = ["10.0.0.0/8", "10.0.0.0/33"]\nlisten = ["tcp:0"]',
+            ('key "trusted_proxies[1]"', '"10.0.0.0/33"', "CIDR block"),
+        ),
+        (
+            'proxy_protocol_max_bytes = 15\nlisten = ["tcp:0"]',
+            ('key "proxy_protocol_max_bytes"', "at least 16"),
+        ),
+        (
+            'listen = ["tcp:0", { endpoint = "tcp:1", proxy_protocl = "off" }]',
+            ('key "listen[1]"', 'unknown key "proxy_protocl"', 'mean "proxy_protocol"'),
+        ),
+        (
+            'listen = [{ proxy_protocol = "off" }]',
+            ('key "listen[0]"', 'missing key "endpoint"'),
+        ),
+        (
+            'listen = [{ endpoint = "tpc:0" }]',
+            ('key "listen[0].endpoint"', "tpc"),
+        ),
+        (
+            "listen = [8080]",
+            ('key "listen[0]"', "found the integer 8080", "a server endpoint string"),
+        ),
+        (
+            'proxy_protocol = "required"\nlisten = ["haproxy:tcp:0"]',
+            ('key "proxy_protocol"', "haproxy:", "not both"),
+        ),
+    ],
+)
+def test_proxy_key_errors(tmp_path: Path, top: str, expected: tuple[str, ...]) -> None:
+    assert_says(error_of(tmp_path, top + "\n" + WEB_ROUTE), *expected)
+
+
+def test_send_proxy_reaches_the_relay(tmp_path: Path) -> None:
+    route = SSH_ROUTE + 'send_proxy = "v2"\nsend_proxy_checksum = true\n'
+    config = load(write(tmp_path, 'listen = ["tcp:0"]\n' + route))
+    target = config.route("ssh").target
+    assert isinstance(target, ProxyTarget)
+    assert (target.send_proxy, target.send_proxy_checksum) == ("v2", True)
+    assert config.route("ssh").describe().endswith("with PROXY v2")
+    relay = make_service(config).mux.routes[0].factory
+    assert (relay.send_proxy, relay.proxy_checksum) == ("v2", True)  # type: ignore[attr-defined]
+    plain = load(write(tmp_path, 'listen = ["tcp:0"]\n' + SSH_ROUTE, "plain.toml"))
+    assert make_service(plain).mux.routes[0].factory.send_proxy is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [
+        (SSH_ROUTE + 'send_proxy = "v3"', ('key "send_proxy"', '"v1" or "v2"')),
+        (
+            SSH_ROUTE + "send_proxy_checksum = true",
+            ('key "send_proxy_checksum"', 'send_proxy = "v2"'),
+        ),
+        (
+            SSH_ROUTE + 'send_proxy = "v2"\nsend_proxy_checksum = "yes"',
+            ('key "send_proxy_checksum"', "true or false"),
+        ),
+        (
+            WEB_ROUTE + 'send_proxy = "v1"',
+            ('route "web"', 'key "send_proxy"', "only a proxy route", "is web"),
+        ),
+    ],
+)
+def test_send_proxy_errors(
+    tmp_path: Path, route: str, expected: tuple[str, ...]
+) -> None:
+    assert_says(error_of(tmp_path, 'listen = ["tcp:0"]\n' + route), *expected)

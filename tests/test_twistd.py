@@ -684,3 +684,92 @@ def test_proxy_protocol_listener_gives_routes_the_clients_address(
     logged = access_log.read_text()
     assert logged.startswith('"192.0.2.7" - - '), logged
     assert '"GET /hello HTTP/2"' in logged
+
+
+PROXY_LISTENERS = """\
+proxy_protocol = "required"
+trusted_proxies = ["127.0.0.1"]
+listen = [
+    "tcp:0:interface=127.0.0.1",
+    {{ endpoint = "tcp:0:interface=127.0.0.1", proxy_protocol = "off" }},
+]
+
+[[route]]
+name = "ssh"
+match = ["ssh"]
+proxy = "tcp:host=127.0.0.1:port={backend}"
+send_proxy = "v2"
+
+[[route]]
+name = "web"
+match = ["http1", "http2"]
+web = "cmux_test_site:site"
+"""
+
+
+def exchange(port: int, data: bytes, source: str = "127.0.0.1") -> bytes:
+    """Send ``data`` from ``source`` to the port; all that comes back."""
+    with socket.socket() as client:
+        client.settimeout(10)
+        client.bind((source, 0))
+        client.connect(("127.0.0.1", port))
+        client.sendall(data)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_proxy_protocol_keys_end_to_end(tmp_path: Path, start_twistd: object) -> None:
+    """``proxy_protocol`` at the top level, off for one listener, and
+    ``send_proxy``: the Site logs the client of the header, an untrusted
+    peer's header and a missing header are refused, the relayed backend is
+    told the client in a v2 header.
+    """
+    from txcmux.proxy import ProxyHeader, parse
+
+    backend = socket.create_server(("127.0.0.1", 0))
+    backend.settimeout(10)
+    access_log = tmp_path / "access.log"
+    (tmp_path / "cmux_test_site.py").write_text(SITE_MODULE.format(log=str(access_log)))
+    config = tmp_path / "cmux.toml"
+    config.write_text(PROXY_LISTENERS.format(backend=backend.getsockname()[1]))
+    running = start_twistd("--config", str(config))  # type: ignore[operator]
+    behind, direct = map(int, (tmp_path / "ports-0").read_text().split())
+    request = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    header = b"PROXY TCP4 192.0.2.7 192.0.2.1 51000 443\r\n"
+
+    assert exchange(behind, header + request).startswith(b"HTTP/1.1 200 ")
+    assert exchange(behind, header + request, source="127.0.0.3") == b""
+    assert exchange(behind, request) == b""
+    assert exchange(direct, request).startswith(b"HTTP/1.1 200 ")
+
+    with socket.socket() as client:
+        client.settimeout(10)
+        client.connect(("127.0.0.1", behind))
+        client.sendall(b"PROXY TCP4 192.0.2.9 192.0.2.1 52000 22\r\nSSH-2.0-test\r\n")
+        relayed, _ = backend.accept()
+        with relayed:
+            relayed.settimeout(10)
+            received = b""
+            while b"SSH-2.0-test\r\n" not in received:
+                chunk = relayed.recv(65536)
+                assert chunk, received
+                received += chunk
+    backend.close()
+    told = parse(received)
+    assert isinstance(told, ProxyHeader), told
+    assert told.version == 2
+    assert (told.source.host, told.source.port) == ("192.0.2.9", 52000)  # type: ignore[union-attr]
+    assert received[told.length :] == b"SSH-2.0-test\r\n"
+
+    output = running.stop()
+    assert_clean_exit(running, output)
+    assert "(PROXY required from 127.0.0.1)" in output
+    assert "ssh [ssh] -> proxy to tcp:host=127.0.0.1" in output
+    assert "with PROXY v2" in output
+    refused = [line for line in output.splitlines() if "127.0.0.3" in line]
+    assert refused and "not in trusted_proxies" in refused[0], output
+    assert "no PROXY header, which this listener requires" in output
+    logged = access_log.read_text().splitlines()
+    assert [line.split()[0] for line in logged] == ['"192.0.2.7"', '"127.0.0.1"']

@@ -17,6 +17,7 @@ log) and stops the in-process gRPC server.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -147,7 +148,13 @@ class _Builder:
                 from ..relay import RelayFactory
             except ImportError as error:
                 self._unavailable(route, "relay", error)
-            return RelayFactory(target.endpoint, reactor=self.reactor, name=route.name)
+            return RelayFactory(
+                target.endpoint,
+                reactor=self.reactor,
+                name=route.name,
+                send_proxy=target.send_proxy,
+                proxy_checksum=target.send_proxy_checksum,
+            )
         if isinstance(target, GrpcTarget):
             return self._grpc(route)
         return self._tls(route, target)
@@ -277,19 +284,20 @@ class _Listener:
 class CmuxService(service.MultiService):
     """Everything a config runs: the gRPC server (if any), then the listeners.
 
-    ``mux`` is the :class:`~txcmux.ProtocolSwitchingFactory` every listener
-    shares; ``grpc_server`` the in-process gRPC server service, or None;
-    ``listeners`` one per ``listen`` endpoint, each run by Twisted's
-    ``StreamServerEndpointService``.  With ``port_file``, once every
-    listener listens, the file gets one line per listener: the TCP port
-    number, or the address for other kinds.  A stop caused by SIGTERM ends
-    twistd with exit status 0.
+    ``muxes`` holds the :class:`~txcmux.ProtocolSwitchingFactory` of each
+    listener: listeners with the same PROXY protocol settings share one,
+    and ``mux`` is the first listener's.  ``grpc_server`` is the in-process
+    gRPC server service, or None; ``listeners`` one per ``listen`` endpoint,
+    each run by Twisted's ``StreamServerEndpointService``.  With
+    ``port_file``, once every listener listens, the file gets one line per
+    listener: the TCP port number, or the address for other kinds.  A stop
+    caused by SIGTERM ends twistd with exit status 0.
     """
 
     def __init__(
         self,
         config: Config,
-        mux: ProtocolSwitchingFactory,
+        muxes: Sequence[ProtocolSwitchingFactory],
         grpc_server: service.Service | None,
         *,
         reactor: Any,
@@ -297,14 +305,15 @@ class CmuxService(service.MultiService):
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
-        self.mux = mux
+        self.muxes = list(muxes)
+        self.mux = self.muxes[0]
         self.grpc_server = grpc_server
         self.reactor = reactor
         self.port_file = port_file
         if grpc_server is not None:
             grpc_server.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners: list[_Listener] = []
-        for i, description in enumerate(config.listen):
+        for i, (description, mux) in enumerate(zip(config.listen, muxes, strict=True)):
             where = config.listen_where.item(i)
             listener = _Listener(
                 description, listen_endpoint(where, reactor, description)
@@ -316,8 +325,8 @@ class CmuxService(service.MultiService):
         """Listen on every endpoint before the service starts; ListenError if one
         cannot (the ones already listening are closed again)."""
         try:
-            for listener in self.listeners:
-                listener.listen_now(self.mux)
+            for listener, mux in zip(self.listeners, self.muxes, strict=True):
+                listener.listen_now(mux)
         except ListenError:
             for listener in self.listeners:
                 listener.close_early()
@@ -337,8 +346,8 @@ class CmuxService(service.MultiService):
     def _started(self) -> None:
         config = self.config
         listening = ", ".join(
-            f"{listener.description} ({listener.address()})"
-            for listener in self.listeners
+            f"{written.describe()} ({listener.address()})"
+            for written, listener in zip(config.listeners, self.listeners, strict=True)
         )
         routes = "; ".join(
             f"{i}. {config.route(name).describe()}"
@@ -400,13 +409,25 @@ def make_service(
         routes = [builder.route(name) for name in config.listener_routes]
         for route in config.routes:  # build routes used only behind TLS too
             builder.factory(route.name)
-    mux = ProtocolSwitchingFactory(
-        routes,
-        sniff_timeout=config.sniff_timeout,
-        max_sniff_bytes=config.max_sniff_bytes,
-        on_timeout=config.on_timeout,
-        clock=reactor,
-    )
+    # One detector for each kind of listener: with or without a PROXY stage.
+    shared: dict[tuple[str, tuple[str, ...], int], ProtocolSwitchingFactory] = {}
+    muxes = []
+    for listener in config.listeners:
+        kind = (
+            listener.proxy_protocol,
+            listener.trusted_proxies,
+            listener.proxy_protocol_max_bytes,
+        )
+        if kind not in shared:
+            shared[kind] = ProtocolSwitchingFactory(
+                routes,
+                sniff_timeout=config.sniff_timeout,
+                max_sniff_bytes=config.max_sniff_bytes,
+                on_timeout=config.on_timeout,
+                clock=reactor,
+                prelude=listener.prelude(),
+            )
+        muxes.append(shared[kind])
     return CmuxService(
-        config, mux, builder.grpc_server, reactor=reactor, port_file=port_file
+        config, muxes, builder.grpc_server, reactor=reactor, port_file=port_file
     )

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,11 +39,14 @@ from twisted.logger import Logger
 
 from .._errors import ConfigurationError
 from .._plugins import MatcherRegistry, matcher_registry
+from .._proxy._parser import DEFAULT_V2_MAX_BYTES
+from .._proxy._stage import MODES, ProxyPrelude, parse_networks
 from ._endpoints import client_endpoint, server_endpoint
 from ._matchers import MatcherConfig, matcher_entry
 from ._values import (
     Key,
     Where,
+    boolean,
     check_keys,
     check_values,
     did_you_mean,
@@ -102,7 +105,14 @@ class ProxyTarget(_Target):
     """``proxy = "client endpoint"``: a relay to a backend."""
 
     endpoint: str
-    kind, shown = "proxy", "proxy to {self.endpoint}"
+    send_proxy: str | None = None
+    send_proxy_checksum: bool = False
+    kind, shown = "proxy", "proxy to {self.endpoint}{self.sending}"
+
+    @property
+    def sending(self) -> str:
+        """`` with PROXY v2`` when the relay sends a header, else nothing."""
+        return "" if self.send_proxy is None else f" with PROXY {self.send_proxy}"
 
 
 @dataclass(frozen=True)
@@ -165,6 +175,33 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class ListenerConfig:
+    """One ``listen`` entry: the endpoint, and whether clients arrive behind a
+    load balancer that sends the PROXY protocol (see docs/load-balancers.md).
+    """
+
+    endpoint: str
+    proxy_protocol: str = "off"
+    trusted_proxies: tuple[str, ...] = ()
+    proxy_protocol_max_bytes: int = DEFAULT_V2_MAX_BYTES
+
+    def prelude(self) -> ProxyPrelude | None:
+        """The stage that reads the PROXY header here, or None when it is off."""
+        if self.proxy_protocol == "off":
+            return None
+        return ProxyPrelude(
+            self.proxy_protocol, self.trusted_proxies, self.proxy_protocol_max_bytes
+        )
+
+    def describe(self) -> str:
+        """The endpoint, and the PROXY mode when it is on, for the start-up log."""
+        if self.proxy_protocol == "off":
+            return self.endpoint
+        trusted = ", ".join(self.trusted_proxies) or "any peer"
+        return f"{self.endpoint} (PROXY {self.proxy_protocol} from {trusted})"
+
+
+@dataclass(frozen=True)
 class GrpcServerConfig:
     """The ``[grpc_server]`` table: how the in-process gRPC server runs.
 
@@ -186,11 +223,14 @@ class Config:
     through a ``tls`` route is in ``routes`` but not there).  ``warnings``
     are what checking logged (a route used nowhere, a plugin ignored);
     ``listen_where`` is where ``listen`` came from (the file, or --listen).
+    ``listen`` holds the endpoint strings, ``listeners`` the same listeners
+    with their PROXY protocol settings.
     """
 
     source: str
     base_dir: Path
     listen: tuple[str, ...]
+    listeners: tuple[ListenerConfig, ...]
     sniff_timeout: float
     max_sniff_bytes: int
     on_timeout: str | None
@@ -280,6 +320,74 @@ def _grpc_options(where: Where, value: object) -> tuple[tuple[str, object], ...]
     return tuple(value.items())
 
 
+def _trusted(where: Where, value: object) -> tuple[str, ...]:
+    if value == []:
+        return ()
+    written = texts('addresses or CIDR blocks such as "10.0.0.0/8"')(where, value)
+    for i, entry in enumerate(written):
+        try:
+            parse_networks([entry])
+        except ConfigurationError:
+            where.item(i).wrong(
+                entry, 'an address or CIDR block such as "10.0.0.0/8", or "unix"'
+            )
+    return tuple(written)
+
+
+def _v2_bound(where: Where, value: object) -> int:
+    bound = positive_int(where, value)
+    if bound < 16:
+        where.wrong(value, "at least 16 (the fixed part of a PROXY v2 header)")
+    return bound
+
+
+def _listen(where: Where, value: object) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """``listen``: endpoint strings, or tables that also set PROXY keys."""
+    example = '"tcp:8080" or { endpoint = "tcp:8080", proxy_protocol = "required" }'
+    items = [value] if isinstance(value, str | dict) else value
+    if not isinstance(items, list) or not items:
+        where.wrong(value, f"a non-empty array of server endpoint strings ({example})")
+    entries = []
+    for i, item in enumerate(items):
+        here = where.item(i)
+        if isinstance(item, dict):
+            values = _LISTENER_TABLE(here, item)
+            entries.append((values.pop("endpoint"), values))
+        elif isinstance(item, str):
+            entries.append((server_endpoint(here, item), {}))
+        else:
+            here.wrong(item, f"a server endpoint string or a table ({example})")
+    return tuple(entries)
+
+
+def _listener(
+    top: Where,
+    where: Where,
+    endpoint: str,
+    defaults: Mapping[str, Any],
+    given: Mapping[str, Any],
+) -> ListenerConfig:
+    """One listener: its own PROXY keys, else the top level's, checked together."""
+    chosen = {k: v for k, v in given.items() if v is not None}
+    values = {k: v for k, v in defaults.items() if v is not None} | chosen
+    listener = ListenerConfig(endpoint, **values)
+    at = where.at("proxy_protocol") if "proxy_protocol" in chosen else top
+    if "proxy_protocol" not in chosen:
+        at = top.at("proxy_protocol")
+    if listener.proxy_protocol == "optional" and not listener.trusted_proxies:
+        at.fail(
+            'proxy_protocol = "optional" needs trusted_proxies: without it any'
+            " client could claim any address"
+        )
+    if listener.proxy_protocol != "off" and endpoint.lower().startswith("haproxy:"):
+        at.fail(
+            f"{quote(endpoint)} already reads a PROXY header (Twisted's haproxy:"
+            " endpoint); use either the haproxy: endpoint or proxy_protocol,"
+            " not both"
+        )
+    return listener
+
+
 def _record(
     make: Callable[..., Any], keys: Mapping[str, Key], what: str, example: str
 ) -> Any:
@@ -324,7 +432,24 @@ def _route(anonymous: Where, table: object) -> RouteConfig:
             f"{found}; expected exactly one of the keys {', '.join(TARGET_KEYS)}"
         )
     values = check_values(where, table, ROUTE_KEYS)
-    return RouteConfig(values["name"], values["match"], values[targets[0]])
+    target = values[targets[0]]
+    for key in ("send_proxy", "send_proxy_checksum"):
+        if key in table and not isinstance(target, ProxyTarget):
+            where.at(key).fail(
+                f"only a proxy route sends a PROXY header; this route's target"
+                f" is {target.kind}"
+            )
+    if values["send_proxy_checksum"] and values["send_proxy"] != "v2":
+        where.at("send_proxy_checksum").fail(
+            'a checksum is part of PROXY v2 only; expected send_proxy = "v2"'
+        )
+    if isinstance(target, ProxyTarget):
+        target = replace(
+            target,
+            send_proxy=values["send_proxy"],
+            send_proxy_checksum=values["send_proxy_checksum"],
+        )
+    return RouteConfig(values["name"], values["match"], target)
 
 
 # -- the keys of each table --------------------------------------------------
@@ -352,6 +477,8 @@ ROUTE_KEYS = {
     "web": Key(lambda where, value: WebTarget(*import_path(where, value)), None),
     "static": Key(lambda where, value: StaticTarget(directory(where, value)), None),
     "proxy": Key(lambda where, value: ProxyTarget(client_endpoint(where, value)), None),
+    "send_proxy": Key(one_of("v1", "v2"), None),
+    "send_proxy_checksum": Key(boolean, False),
     "grpc": Key(_grpc, None),
     "factory": Key(
         lambda where, value: FactoryTarget(*import_path(where, value)), None
@@ -377,9 +504,32 @@ GRPC_SERVER_KEYS = {
 
 _LISTEN = texts("server endpoint strings", server_endpoint)
 
+#: The PROXY protocol keys, at the top level (every listener's default) and
+#: in a listener's table.
+PROXY_KEYS = {
+    "proxy_protocol": Key(one_of(*MODES), None),
+    "trusted_proxies": Key(_trusted, None),
+    "proxy_protocol_max_bytes": Key(_v2_bound, None),
+}
+
+LISTENER_KEYS = {
+    "endpoint": Key(
+        server_endpoint,
+        missing='missing key "endpoint"; expected a table such as'
+        ' { endpoint = "tcp:8080", proxy_protocol = "required" }',
+    ),
+    **PROXY_KEYS,
+}
+
+_LISTENER_TABLE = table_of(
+    LISTENER_KEYS,
+    "a listen table",
+    '{ endpoint = "tcp:8080", proxy_protocol = "required" }',
+)
+
 TOP_LEVEL_KEYS = {
     "listen": Key(
-        _LISTEN, missing='missing key "listen"; expected listen = ["tcp:8080"]'
+        _listen, missing='missing key "listen"; expected listen = ["tcp:8080"]'
     ),
     "sniff_timeout": Key(seconds, DEFAULT_SNIFF_TIMEOUT),
     "max_sniff_bytes": Key(positive_int, DEFAULT_MAX_SNIFF_BYTES),
@@ -399,11 +549,13 @@ TOP_LEVEL_KEYS = {
         ),
         GrpcServerConfig(),
     ),
+    **PROXY_KEYS,
 }
 
 #: Every key, qualified the way docs/configuration.md names them.
 DOCUMENTED_KEYS = (
     *TOP_LEVEL_KEYS,
+    *(f"listen.{key}" for key in LISTENER_KEYS),
     *(f"route.{key}" for key in ROUTE_KEYS),
     *(f"route.tls.{key}" for key in TLS_KEYS),
     "route.match.type",
@@ -438,9 +590,18 @@ def validate(
         listen_where = Where("the command line", key="--listen")
         keys["listen"] = Key(lambda where, value: (), ())
     check_keys(top, table, keys, "the top level")
-    listened = _LISTEN(listen_where, list(listen)) if listen is not None else None
     with importable_from(base_dir):
         values = check_values(top, table, keys)
+    given: tuple[tuple[str, dict[str, Any]], ...]
+    if listen is not None:
+        given = tuple((e, {}) for e in _LISTEN(listen_where, list(listen)))
+    else:
+        given = values["listen"]
+    defaults = {key: values[key] for key in PROXY_KEYS}
+    listeners = tuple(
+        _listener(top, listen_where.item(i), endpoint, defaults, overrides)
+        for i, (endpoint, overrides) in enumerate(given)
+    )
     routes: tuple[RouteConfig, ...] = values["route"]
     names = [route.name for route in routes]
     listener_routes = values["routes"] or tuple(names)
@@ -475,7 +636,8 @@ def validate(
     return Config(
         source=source,
         base_dir=base_dir,
-        listen=listened or values["listen"],
+        listen=tuple(listener.endpoint for listener in listeners),
+        listeners=listeners,
         sniff_timeout=values["sniff_timeout"],
         max_sniff_bytes=values["max_sniff_bytes"],
         on_timeout=values["on_timeout"],

@@ -153,12 +153,25 @@ def positive_int(where: Where, value: object) -> int:
     return value
 
 
+def boolean(where: Where, value: object) -> bool:
+    """``true`` or ``false``."""
+    if not isinstance(value, bool):
+        where.wrong(value, "true or false")
+    return value
+
+
 def one_of(*choices: str) -> Check:
     """One of the strings ``choices``."""
 
     def check(where: Where, value: object) -> str:
         if value not in choices:
-            where.wrong(value, " or ".join(quote(c) for c in choices))
+            *others, last = (quote(c) for c in choices)
+            listed = (
+                f"one of {', '.join(others)} or {last}"
+                if others[1:]
+                else (" or ".join([*others, last]))
+            )
+            where.wrong(value, listed)
         return value
 
     return check
