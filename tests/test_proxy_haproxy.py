@@ -27,7 +27,7 @@ from txcmux.tls import TLSTerminationFactory
 from txcmux.web import WebFactory
 
 from .grpc_support import service
-from .grpc_support.net import listen, tool, wait_until
+from .grpc_support.net import listen, start_peer, tool, wait_until
 from .tls_support import pki
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "load-balancers.md"
@@ -102,22 +102,12 @@ class _HAProxyInFront(unittest.TestCase):
         directory = Path(tempfile.mkdtemp(prefix="txcmux-haproxy-"))
         config = directory / "haproxy.cfg"
         config.write_text(haproxy_config(self.front, self.mux_port, self.send))
-        process = subprocess.Popen(
+        await start_peer(
+            self,
             [haproxy, "-db", "-f", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            lambda: _listening("127.0.0.2", self.front),
+            "haproxy to listen",
         )
-
-        def stop() -> None:
-            process.terminate()
-            process.wait(10)
-
-        self.addCleanup(stop)
-        await wait_until(
-            lambda: _listening("127.0.0.2", self.front) or process.poll() is not None,
-            what="haproxy to listen",
-        )
-        assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
         self.ca = files.ca
 
     async def curl(self, *arguments: str) -> str:

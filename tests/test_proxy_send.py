@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from txcmux.proxy import ProxyHeader, ProxyPrelude, build_v1, parse
 from txcmux.relay import RelayFactory
 
 from .captures import capture
-from .grpc_support.net import RawClient, listen, tool, wait_until
+from .grpc_support.net import RawClient, listen, start_peer, tool, wait_until
 
 
 class Recorder(protocol.Protocol):
@@ -171,21 +170,12 @@ class SendToNginx(unittest.TestCase):
         (directory / "nginx.conf").write_text(
             NGINX_CONFIG.format(dir=directory, port=self.nginx_port)
         )
-        process = subprocess.Popen(
+        await start_peer(
+            self,
             [nginx, "-p", str(directory), "-c", str(directory / "nginx.conf")],
-            stderr=subprocess.PIPE,
+            lambda: _connects(self.nginx_port),
+            "nginx to listen",
         )
-
-        def stop() -> None:
-            process.terminate()
-            process.wait(10)
-
-        self.addCleanup(stop)
-        await wait_until(
-            lambda: process.poll() is not None or _connects(self.nginx_port),
-            what="nginx to listen",
-        )
-        assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
 
     async def through(self, version: str, incoming: bytes = b"") -> bytes:
         """nginx's answer to a GET from 127.0.0.2, relayed with ``send_proxy``.

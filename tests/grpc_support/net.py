@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,29 @@ async def wait_until(
                 f"still waiting after {timeout} s: {what or condition}"
             )
         await task.deferLater(reactor, 0.01, lambda: None)
+
+
+async def start_peer(
+    test: unittest.TestCase,
+    argv: list[str],
+    listening: Callable[[], object],
+    what: str,
+) -> subprocess.Popen[bytes]:
+    """Start a peer program (HAProxy, nginx) for ``test``, stopped at its end.
+
+    Returns once ``listening()`` is true; fails with the program's error
+    output if it exits first.
+    """
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def stop() -> None:
+        process.terminate()
+        process.wait(10)
+
+    test.addCleanup(stop)
+    await wait_until(lambda: process.poll() is not None or listening(), what=what)
+    assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
+    return process
 
 
 def buffered(transport: Any) -> int:
