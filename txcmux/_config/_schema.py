@@ -371,9 +371,7 @@ def _listener(
     chosen = {k: v for k, v in given.items() if v is not None}
     values = {k: v for k, v in defaults.items() if v is not None} | chosen
     listener = ListenerConfig(endpoint, **values)
-    at = where.at("proxy_protocol") if "proxy_protocol" in chosen else top
-    if "proxy_protocol" not in chosen:
-        at = top.at("proxy_protocol")
+    at = (where if "proxy_protocol" in chosen else top).at("proxy_protocol")
     if listener.proxy_protocol == "optional" and not listener.trusted_proxies:
         at.fail(
             'proxy_protocol = "optional" needs trusted_proxies: without it any'
