@@ -75,6 +75,12 @@ class Server:
             raise BenchError(f"server {self.name} said nothing (see the log)")
         return line
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU the process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1]
+        utime, stime = fields.split()[11:13]
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
     def stats(self) -> dict[str, Any]:
         """The server's ``stats`` answer: rss_kib, switch counters, ..."""
         assert self.process.stdin is not None
@@ -284,7 +290,19 @@ class Result:
     scenario: Scenario
     direct: list[float] = field(default_factory=list)
     through: list[float] = field(default_factory=list)
+    #: Server CPU (every server process of the scenario) per unit of work
+    #: (request or MiB), in microseconds, one per round and side.
+    direct_cpu_us: list[float] = field(default_factory=list)
+    through_cpu_us: list[float] = field(default_factory=list)
     error: str | None = None
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        """Direct's CPU per unit over txcmux's: above 1 means txcmux is cheaper."""
+        if not self.direct_cpu_us or not self.through_cpu_us:
+            return None
+        through = statistics.median(self.through_cpu_us)
+        return statistics.median(self.direct_cpu_us) / through if through else None
 
     @property
     def ratio(self) -> float | None:
@@ -307,6 +325,9 @@ class Result:
             "through": self.through,
             "ratio": self.ratio,
             "round_ratios": self.round_ratios,
+            "direct_cpu_us": self.direct_cpu_us,
+            "through_cpu_us": self.through_cpu_us,
+            "cpu_ratio": self.cpu_ratio,
             "met": None if self.ratio is None else self.ratio >= sc.target,
             "error": self.error,
         }
@@ -328,14 +349,36 @@ def measure(scenario: Scenario, s: Settings, log: IO[str]) -> Result:
             scenario.measure(direct.port, short)
             scenario.measure(through.port, short)
         for _ in range(s.rounds):
-            result.direct.append(scenario.measure(direct.port, s))
-            result.through.append(scenario.measure(through.port, s))
+            for port, rates, costs in (
+                (direct.port, result.direct, result.direct_cpu_us),
+                (through.port, result.through, result.through_cpu_us),
+            ):
+                rate, cpu_us = _measured(scenario, port, s, servers)
+                rates.append(rate)
+                costs.append(cpu_us)
     except BenchError as error:
         result.error = str(error)
     finally:
         for server in reversed(servers):
             server.close()
     return result
+
+
+def _measured(
+    scenario: Scenario, port: int, s: Settings, servers: Sequence[Server]
+) -> tuple[float, float]:
+    """One measurement: the rate, and the servers' CPU per unit of work (us).
+
+    The CPU of every server process counts (a relayed backend works for
+    txcmux's side too); the work is the rate times the wall time taken.
+    """
+    cpu_before = sum(server.cpu_seconds() for server in servers)
+    started = time.monotonic()
+    rate = scenario.measure(port, s)
+    elapsed = time.monotonic() - started
+    cpu = sum(server.cpu_seconds() for server in servers) - cpu_before
+    work = rate * elapsed
+    return rate, (cpu / work * 1e6 if work > 0 else 0.0)
 
 
 # -- absolute costs ----------------------------------------------------------------
@@ -467,8 +510,9 @@ def table(results: Sequence[Result]) -> str:
     """The ratio table, as Markdown."""
     lines = [
         "| scenario | unit | direct: median (min-max) | txcmux: median (min-max)"
-        " | ratio (per-round min-max) | target | met |",
-        "|---|---|---|---|---|---|---|",
+        " | ratio (per-round min-max) | target | met | server CPU us per unit:"
+        " direct / txcmux (ratio) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         sc = r.scenario
@@ -478,9 +522,15 @@ def table(results: Sequence[Result]) -> str:
             low, high = min(r.round_ratios), max(r.round_ratios)
             ratio = f"**{r.ratio:.3f}** ({low:.3f}-{high:.3f})"
             met = "yes" if r.ratio >= sc.target else "NO"
+        cpu = "-"
+        if r.cpu_ratio is not None:
+            cpu = (
+                f"{_fmt(statistics.median(r.direct_cpu_us))} /"
+                f" {_fmt(statistics.median(r.through_cpu_us))} ({r.cpu_ratio:.3f})"
+            )
         lines.append(
             f"| {sc.name} | {sc.unit} | {_side(r.direct)} | {_side(r.through)}"
-            f" | {ratio} | >= {sc.target:.2f} | {met} |"
+            f" | {ratio} | >= {sc.target:.2f} | {met} | {cpu} |"
         )
     return "\n".join(lines)
 

@@ -45,6 +45,10 @@ def test_quick_run_measures_every_scenario(tmp_path: Path) -> None:
         assert len(result["direct"]) == len(result["through"]) == 1, name
         assert result["direct"][0] > 0 and result["through"][0] > 0, name
         assert result["ratio"] > 0, name
+        # Server CPU per request (or MiB) was measured on both sides.
+        assert result["direct_cpu_us"][0] > 0, name
+        assert result["through_cpu_us"][0] > 0, name
+        assert result["cpu_ratio"] > 0, name
         assert f"| {name} |" in done.stdout  # the table shows it
 
     latency = results["latency"]
