@@ -165,13 +165,10 @@ def one_of(*choices: str) -> Check:
 
     def check(where: Where, value: object) -> str:
         if value not in choices:
-            *others, last = (quote(c) for c in choices)
-            listed = (
-                f"one of {', '.join(others)} or {last}"
-                if others[1:]
-                else (" or ".join([*others, last]))
-            )
-            where.wrong(value, listed)
+            quoted = [quote(choice) for choice in choices]
+            if len(quoted) > 2:
+                quoted = [f"one of {', '.join(quoted[:-1])}", quoted[-1]]
+            where.wrong(value, " or ".join(quoted))
         return value
 
     return check
