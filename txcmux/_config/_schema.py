@@ -372,11 +372,10 @@ def _listener(
     values = {k: v for k, v in defaults.items() if v is not None} | chosen
     listener = ListenerConfig(endpoint, **values)
     at = (where if "proxy_protocol" in chosen else top).at("proxy_protocol")
-    if listener.proxy_protocol == "optional" and not listener.trusted_proxies:
-        at.fail(
-            'proxy_protocol = "optional" needs trusted_proxies: without it any'
-            " client could claim any address"
-        )
+    try:
+        listener.prelude()  # ProxyPrelude's own checks: "optional" needs trust
+    except ConfigurationError as error:
+        at.fail(str(error))
     if listener.proxy_protocol != "off" and endpoint.lower().startswith("haproxy:"):
         at.fail(
             f"{quote(endpoint)} already reads a PROXY header (Twisted's haproxy:"
