@@ -768,6 +768,8 @@ def test_proxy_protocol_keys_end_to_end(tmp_path: Path, start_twistd: object) ->
     assert "(PROXY required from 127.0.0.1)" in output
     assert "ssh [ssh] -> proxy to tcp:host=127.0.0.1" in output
     assert "with PROXY v2" in output
+    # The relay's close line names the id the backend was sent.
+    assert f"; PROXY id {told.unique_id.decode()}" in output  # type: ignore[union-attr]
     refused = [line for line in output.splitlines() if "127.0.0.3" in line]
     assert refused and "not in trusted_proxies" in refused[0], output
     assert "no PROXY header, which this listener requires" in output
