@@ -62,6 +62,11 @@ class Reason(enum.StrEnum):
     PROXY_UNTRUSTED = "proxy_untrusted"
     #: No PROXY header where one is required.
     PROXY_MISSING = "proxy_missing"
+    #: A connection limit was reached (``max_connections``, ``max_sniffing``,
+    #: ``max_connections_per_ip``, or a route's ``max_connections``).
+    LIMIT = "limit"
+    #: The service is draining: connections still undecided are closed.
+    DRAINING = "draining"
 
 
 class Stat(enum.StrEnum):
