@@ -172,6 +172,8 @@ def test_stats_keys_are_named() -> None:
         "closed.proxy_invalid",
         "closed.proxy_untrusted",
         "closed.proxy_missing",
+        "closed.limit",
+        "closed.draining",
     ]
     assert {str(s) for s in Stat} == {
         "accepted",

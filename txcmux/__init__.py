@@ -13,6 +13,7 @@ first route that matches::
 """
 
 from . import matchers
+from ._connections import Limits
 from ._decision import Reason, Stat
 from ._detector import Rejection
 from ._errors import ConfigurationError, TxcmuxError
@@ -27,6 +28,7 @@ __all__ = [
     "Handoff",
     "IHandoffFactory",
     "IHandoffReceiver",
+    "Limits",
     "ProtocolSwitchingFactory",
     "Reason",
     "Rejection",

@@ -22,6 +22,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._connections import DRAINING, MAX_PER_IP, ROUTE_MAX_CONNECTIONS
 from ._decision import Reason, Reject, Stat, Wait, closed
 from ._handoff import Handoff, IHandoffReceiver, install, present_client
 from ._log import SHOWN_BYTES, describe_peer, log
@@ -37,6 +38,7 @@ _ACCEPTED = Stat.ACCEPTED.value
 _TIMEOUT_FALLBACK = Stat.TIMEOUT_FALLBACK.value
 _CLOSED_BY_PEER = Stat.CLOSED_BY_PEER.value
 _CLOSED_BY_LISTENER = Stat.CLOSED_BY_LISTENER.value
+_CLOSED_LIMIT = closed(Reason.LIMIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class Detector(Protocol):
     _client: IAddress | None = None
     _prelude_info: object = None
     _started = 0.0
+    _ip: str | None = None  # the client address the per-IP limit counts
 
     def __init__(self, switch: ProtocolSwitchingFactory, address: IAddress) -> None:
         self._switch = switch
@@ -80,6 +83,18 @@ class Detector(Protocol):
     def connectionMade(self) -> None:
         switch = self._switch
         switch.stats[_ACCEPTED] += 1
+        connections = switch.connections
+        ip = None
+        if switch.prelude is None and connections.limits.max_connections_per_ip:
+            ip = getattr(self._address, "host", None)
+        refused = connections.admit(self, ip)
+        if refused is DRAINING:
+            self._reject(Reject(Reason.DRAINING, "the service is draining"))
+            return
+        if refused is not None:
+            self._refuse(refused)
+            return
+        self._ip = ip
         if switch.log_decisions:
             self._started = switch.clock.seconds()
         if switch.deadlines is not None:
@@ -122,6 +137,7 @@ class Detector(Protocol):
         if self._closing:
             return
         self._closing = True
+        self._switch.connections.released(self, self._ip)
         # A wrapping transport (Twisted's haproxy: endpoint refusing a
         # missing header) may have closed the connection before any byte
         # reached us; a client that went away leaves ``disconnecting`` unset.
@@ -161,6 +177,8 @@ class Detector(Protocol):
             self._in_prelude = False
             if result.client is not None:
                 self._client = result.client
+                if not self._count_client(result.client):
+                    return
             if result.info is not None:
                 self._prelude_info = result.info
             present_client(
@@ -220,6 +238,11 @@ class Detector(Protocol):
     def _hand_over(self, route: Route, eof: bool) -> None:
         """Give the transport to ``route``'s protocol; replay the buffer once."""
         self._stop_waiting()
+        limit = route.max_connections
+        if limit is not None and route.load.active >= limit:
+            self._switch.connections.released(self, self._ip)
+            self._refuse(ROUTE_MAX_CONNECTIONS, route)
+            return
         peer = self._peer()
         buffered = self._buffer
         handoff = None
@@ -237,6 +260,7 @@ class Detector(Protocol):
             )
             return
         switch = self._switch
+        switch.connections.decided(self, self._ip, route, protocol)
         self._buffer = b""
         switch.stats[route.counter] += 1
         if switch.log_decisions:
@@ -313,6 +337,7 @@ class Detector(Protocol):
         """Close a connection no route will take: count, log, tell the hook."""
         self._stop_waiting()
         self._closing = True
+        self._switch.connections.released(self, self._ip)
         seen = self._buffer
         self._buffer = b""
         reason, detail = rejection
@@ -328,6 +353,49 @@ class Detector(Protocol):
         assert self.transport is not None
         self.transport.loseConnection()
         self._switch.report(Rejection(reason, detail, self._peer(), seen))
+
+    def _count_client(self, client: IAddress) -> bool:
+        """Count the client a PROXY header named against the per-IP limit."""
+        connections = self._switch.connections
+        host = getattr(client, "host", None)
+        if host is None or not connections.limits.max_connections_per_ip:
+            return True
+        if not connections.admit_ip(host):
+            connections.released(self, None)
+            self._refuse(MAX_PER_IP)
+            return False
+        self._ip = host
+        return True
+
+    def _refuse(self, limit: str, route: Route | None = None) -> None:
+        """Close a connection past a limit at once: counted, warned, rate-limited."""
+        self._stop_waiting()
+        self._closing = True
+        switch = self._switch
+        seen, self._buffer = self._buffer, b""
+        switch.stats[_CLOSED_LIMIT] += 1
+        switch.stats["limited." + limit] += 1
+        if route is not None:
+            detail = f"route {route.name!r} holds its max_connections"
+            value = route.max_connections
+        else:
+            detail = f"the listener holds its {limit}"
+            value = getattr(switch.connections.limits, limit)
+        detail += f" ({value})"
+        switch.warnings.warn(
+            limit,
+            "txcmux: refusing connections: {detail}; last from {peer}",
+            detail=detail,
+            peer=describe_peer(self._peer()),
+        )
+        assert self.transport is not None
+        self.transport.loseConnection()
+        switch.report(Rejection(Reason.LIMIT, detail, self._peer(), seen))
+
+    def drain(self) -> None:
+        """The service drains: close this connection if it is still undecided."""
+        if self._target is None and not self._closing:
+            self._reject(Reject(Reason.DRAINING, "the service is draining"))
 
     def _stop_waiting(self) -> None:
         deadlines = self._switch.deadlines

@@ -20,12 +20,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
 from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory
 
+from ._connections import Connections, Limits, Warnings
 from ._deadlines import Deadlines
 from ._decision import Decider
 from ._detector import Detector, Rejection
@@ -33,6 +34,9 @@ from ._errors import ConfigurationError
 from ._log import log
 from ._prelude import Prelude
 from ._route import Route
+
+#: How many rejections a factory keeps for the status page.
+RECENT_REJECTIONS = 20
 
 
 class ProtocolSwitchingFactory(Factory):
@@ -52,11 +56,19 @@ class ProtocolSwitchingFactory(Factory):
     about 4 us, as much as the decision itself).  ``clock`` defaults to the
     global reactor.
 
+    ``limits`` (:class:`~txcmux.Limits`) bound the connections open at
+    once; past one a new connection is closed at once, counted, and a
+    warning is logged at most every ten seconds per limit.
+
     ``stats`` counts connections: ``accepted``, ``routed.<route>``,
     ``timeout_fallback``, ``closed.<reason>`` for each
     :class:`~txcmux.Reason`, ``closed.peer`` for clients that left while
-    undecided and ``closed.listener`` for connections a wrapping transport
-    closed then (:class:`~txcmux.Stat` names the fixed keys).
+    undecided, ``closed.listener`` for connections a wrapping transport
+    closed then (:class:`~txcmux.Stat` names the fixed keys), and
+    ``limited.<limit>`` for each limit that refused connections.  Pass the
+    ``stats`` of an earlier factory to go on counting in it (a reload).
+    ``connections`` are the connections open now (:class:`Connections`),
+    ``recent`` the last rejections, newest last.
     """
 
     def __init__(
@@ -69,6 +81,8 @@ class ProtocolSwitchingFactory(Factory):
         clock: IReactorTime | None = None,
         prelude: Prelude | None = None,
         log_decisions: bool = False,
+        limits: Limits | None = None,
+        stats: Counter[str] | None = None,
     ) -> None:
         self.routes = tuple(routes)
         if not self.routes:
@@ -117,7 +131,13 @@ class ProtocolSwitchingFactory(Factory):
         self.deadlines = (
             Deadlines(clock, sniff_timeout) if sniff_timeout is not None else None
         )
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter() if stats is None else stats
+        #: The connections open now, and the limits on them.
+        self.connections = Connections(limits)
+        #: Rate-limited warnings for connections refused past a limit.
+        self.warnings = Warnings(clock)
+        #: The last rejections (at most :data:`RECENT_REJECTIONS`), newest last.
+        self.recent: deque[Rejection] = deque(maxlen=RECENT_REJECTIONS)
 
     def route(self, name: str) -> Route:
         """The route called ``name``."""
@@ -143,8 +163,19 @@ class ProtocolSwitchingFactory(Factory):
         for factory in self._target_factories():
             factory.doStop()
 
+    def drain(self) -> int:
+        """Refuse new connections and close the undecided ones; return how many."""
+        connections = self.connections
+        connections.draining = True
+        undecided = list(connections.undecided)
+        for detector in undecided:
+            detector.drain()
+        return len(undecided)
+
     def report(self, rejection: Rejection) -> None:
-        """Pass a rejection to ``on_error``; a hook that raises is logged."""
+        """Keep a rejection in ``recent``; pass it to ``on_error`` (a hook that
+        raises is logged)."""
+        self.recent.append(rejection)
         if self.on_error is None:
             return
         try:

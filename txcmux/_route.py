@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 
+from ._connections import RouteLoad
 from ._errors import ConfigurationError
 from ._handoff import IHandoffFactory
 from .matchers._verdict import (
@@ -33,7 +34,9 @@ class Route:
     ``matcher`` is one :class:`~txcmux.matchers.Matcher` or a sequence of
     them (any of them matching selects the route).  ``factory`` is any
     Twisted protocol factory; it builds the protocol that takes over the
-    connection.
+    connection.  With ``max_connections``, a connection that selects the
+    route while it holds that many is closed instead (counted in every
+    listener the route serves; ``load.active`` is how many it holds).
 
     >>> from twisted.internet.protocol import Factory, Protocol
     >>> from txcmux import Route, matchers
@@ -45,7 +48,10 @@ class Route:
     name: str
     matcher: Matcher | Sequence[Matcher]
     factory: IProtocolFactory
+    max_connections: int | None = field(default=None, kw_only=True)
     matchers: tuple[Matcher, ...] = field(init=False, repr=False)
+    #: The connections this route holds now.
+    load: RouteLoad = field(init=False, repr=False, compare=False)
     #: The factory's ``stats`` key counting connections handed to this route.
     counter: str = field(init=False, repr=False)
     #: Whether ``factory`` provides :class:`~txcmux.IHandoffFactory`.
@@ -71,7 +77,17 @@ class Route:
             raise ConfigurationError(
                 f"route {self.name!r}: {self.factory!r} is not a protocol factory"
             )
+        if self.max_connections is not None and (
+            isinstance(self.max_connections, bool)
+            or not isinstance(self.max_connections, int)
+            or self.max_connections < 1
+        ):
+            raise ConfigurationError(
+                f"route {self.name!r}: max_connections must be a positive"
+                f" integer or None, not {self.max_connections!r}"
+            )
         object.__setattr__(self, "matchers", found)
+        object.__setattr__(self, "load", RouteLoad())
         object.__setattr__(self, "counter", "routed." + self.name)
         object.__setattr__(
             self, "picks_by_handoff", IHandoffFactory.providedBy(self.factory)
