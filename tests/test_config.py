@@ -1094,11 +1094,16 @@ def test_top_level_proxy_keys_apply_to_every_listener_a_table_may_differ(
     assert first is not None
     assert (first.mode, first.max_v2_bytes, first.trust_unix) == ("optional", 512, True)
     service = make_service(config)
-    # Listeners with the same settings share a detector; others get their own.
+    # Each listener has its own detector (its own limits and counts), all
+    # of them on the same routes.
     muxes = service.muxes
-    assert muxes[0] is muxes[1]
-    assert len({id(mux) for mux in muxes}) == 3
+    assert len({id(mux) for mux in muxes}) == 4
     assert muxes[2].prelude is None
+    assert [m.prelude.mode for m in muxes if m.prelude] == [
+        "optional",
+        "optional",
+        "optional",
+    ]
     assert muxes[0].routes == muxes[3].routes
 
 
@@ -1199,3 +1204,67 @@ def test_send_proxy_errors(
     tmp_path: Path, route: str, expected: tuple[str, ...]
 ) -> None:
     assert_says(error_of(tmp_path, 'listen = ["tcp:0"]\n' + route), *expected)
+
+
+# -- limits, drain and the admin table ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        (
+            'listen = ["tcp:0"]\nmax_connections = -1\n',
+            ('key "max_connections"', "0 for no limit"),
+        ),
+        (
+            'listen = [{ endpoint = "tcp:0", max_sniffing = "many" }]\n',
+            ('key "listen[0].max_sniffing"', '"many"', "a number of connections"),
+        ),
+        (
+            'listen = ["tcp:0"]\ndrain_timeout = 0\n',
+            ('key "drain_timeout"', "a positive number of seconds"),
+        ),
+        (
+            'listen = ["tcp:0"]\n[admin]\nlisten = "nonsense:1"\n',
+            ('key "admin.listen"',),
+        ),
+        (
+            'listen = ["tcp:0"]\n[admin]\nlisen = "tcp:1"\n',
+            ('unknown key "lisen"', 'did you mean "listen"'),
+        ),
+    ],
+)
+def test_limit_drain_and_admin_mistakes(
+    tmp_path: Path, text: str, fragments: tuple[str, ...]
+) -> None:
+    assert_says(error_of(tmp_path, text + WEB_ROUTE), *fragments)
+
+
+def test_route_max_connections_must_be_a_count(tmp_path: Path) -> None:
+    message = error_of(
+        tmp_path, 'listen = ["tcp:0"]\n' + WEB_ROUTE + "max_connections = 1.5\n"
+    )
+    assert_says(message, 'route "web"', 'key "max_connections"', "1.5")
+
+
+def test_limits_defaults_and_overrides(tmp_path: Path) -> None:
+    from txcmux import Limits
+
+    config = load(
+        write(
+            tmp_path,
+            'max_connections_per_ip = 8\nlisten = ["tcp:0",'
+            ' { endpoint = "tcp:1", max_connections = 0, max_sniffing = 5 }]\n'
+            + WEB_ROUTE
+            + "max_connections = 3\n",
+        )
+    )
+    assert [listener.limits for listener in config.listeners] == [
+        Limits(max_connections=10000, max_sniffing=1000, max_connections_per_ip=8),
+        Limits(max_connections=None, max_sniffing=5, max_connections_per_ip=8),
+    ]
+    assert config.routes[0].max_connections == 3
+    assert (config.drain_timeout, config.admin) == (30.0, None)
+    service = make_service(config, reactor=MemoryReactorClock())
+    assert service.muxes[1].connections.limits.max_sniffing == 5
+    assert service.mux.routes[0].max_connections == 3

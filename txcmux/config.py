@@ -21,6 +21,7 @@ from __future__ import annotations
 from ._config._build import CmuxService, make_service
 from ._config._matchers import MatcherConfig
 from ._config._schema import (
+    AdminConfig,
     Config,
     FactoryTarget,
     GrpcServerConfig,
@@ -42,6 +43,7 @@ from ._plugins import BUILTIN_MATCHERS, ENTRY_POINT_GROUP
 __all__ = [
     "BUILTIN_MATCHERS",
     "ENTRY_POINT_GROUP",
+    "AdminConfig",
     "CmuxService",
     "Config",
     "ConfigurationError",

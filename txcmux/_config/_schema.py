@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 from twisted.logger import Logger
 
+from .._connections import Limits
 from .._errors import ConfigurationError
 from .._plugins import MatcherRegistry, matcher_registry
 from .._proxy._parser import DEFAULT_V2_MAX_BYTES
@@ -67,6 +68,15 @@ _log = Logger(namespace="txcmux")
 
 DEFAULT_SNIFF_TIMEOUT = 5.0
 DEFAULT_MAX_SNIFF_BYTES = 16384
+#: The connection limits of a listener when the file sets none (0: no limit).
+#: Ten thousand open connections take about 50 MB and fit the file
+#: descriptors a service is usually given (systemd's default soft limit is
+#: 1024, its hard limit 524288: raise LimitNOFILE); a thousand undecided ones
+#: is more than any honest traffic holds for the few milliseconds each takes
+#: to decide, and keeps a flood of silent clients from filling the rest.
+DEFAULT_LIMITS = Limits(max_connections=10000, max_sniffing=1000)
+DEFAULT_DRAIN_TIMEOUT = 30.0
+DEFAULT_ADMIN_LISTEN = "tcp:9901:interface=127.0.0.1"
 
 
 # -- what a checked config holds ---------------------------------------------
@@ -167,6 +177,7 @@ class RouteConfig:
     name: str
     matchers: tuple[MatcherConfig, ...]
     target: Target
+    max_connections: int | None = None
 
     def describe(self) -> str:
         """``name [matchers] -> target``, for the start-up log."""
@@ -184,6 +195,7 @@ class ListenerConfig:
     proxy_protocol: str = "off"
     trusted_proxies: tuple[str, ...] = ()
     proxy_protocol_max_bytes: int = DEFAULT_V2_MAX_BYTES
+    limits: Limits = DEFAULT_LIMITS
 
     def prelude(self) -> ProxyPrelude | None:
         """The stage that reads the PROXY header here, or None when it is off."""
@@ -215,6 +227,13 @@ class GrpcServerConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """The ``[admin]`` table: where the metrics and status pages listen."""
+
+    listen: str = DEFAULT_ADMIN_LISTEN
+
+
+@dataclass(frozen=True)
 class Config:
     """A checked config file.
 
@@ -237,6 +256,9 @@ class Config:
     routes: tuple[RouteConfig, ...]
     listener_routes: tuple[str, ...]
     grpc_server: GrpcServerConfig = field(default_factory=GrpcServerConfig)
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    admin: AdminConfig | None = None
+    log_decisions: bool = False
     warnings: tuple[str, ...] = ()
     listen_where: Where = field(default=Where("<config>", key="listen"), repr=False)
 
@@ -334,6 +356,13 @@ def _trusted(where: Where, value: object) -> tuple[str, ...]:
     return tuple(written)
 
 
+def _limit(where: Where, value: object) -> int:
+    """A connection limit: a positive integer, or 0 for none."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        where.wrong(value, "a number of connections such as 1000, or 0 for no limit")
+    return value
+
+
 def _v2_bound(where: Where, value: object) -> int:
     bound = positive_int(where, value)
     if bound < 16:
@@ -370,7 +399,13 @@ def _listener(
     """One listener: its own PROXY keys, else the top level's, checked together."""
     chosen = {k: v for k, v in given.items() if v is not None}
     values = {k: v for k, v in defaults.items() if v is not None} | chosen
-    listener = ListenerConfig(endpoint, **values)
+    limits = {
+        key: (values.pop(key) or None)
+        if key in values
+        else getattr(DEFAULT_LIMITS, key)
+        for key in LIMIT_KEYS
+    }
+    listener = ListenerConfig(endpoint, **values, limits=Limits(**limits))
     at = (where if "proxy_protocol" in chosen else top).at("proxy_protocol")
     try:
         listener.prelude()  # ProxyPrelude's own checks: "optional" needs trust
@@ -446,7 +481,12 @@ def _route(anonymous: Where, table: object) -> RouteConfig:
             send_proxy=values["send_proxy"],
             send_proxy_checksum=values["send_proxy_checksum"],
         )
-    return RouteConfig(values["name"], values["match"], target)
+    return RouteConfig(
+        values["name"],
+        values["match"],
+        target,
+        max_connections=values["max_connections"] or None,
+    )
 
 
 # -- the keys of each table --------------------------------------------------
@@ -476,6 +516,7 @@ ROUTE_KEYS = {
     "proxy": Key(lambda where, value: ProxyTarget(client_endpoint(where, value)), None),
     "send_proxy": Key(one_of("v1", "v2"), None),
     "send_proxy_checksum": Key(boolean, False),
+    "max_connections": Key(_limit, None),
     "grpc": Key(_grpc, None),
     "factory": Key(
         lambda where, value: FactoryTarget(*import_path(where, value)), None
@@ -509,6 +550,14 @@ PROXY_KEYS = {
     "proxy_protocol_max_bytes": Key(_v2_bound, None),
 }
 
+#: The connection limits, at the top level (every listener's default) and
+#: in a listener's table.
+LIMIT_KEYS = {
+    "max_connections": Key(_limit, None),
+    "max_sniffing": Key(_limit, None),
+    "max_connections_per_ip": Key(_limit, None),
+}
+
 LISTENER_KEYS = {
     "endpoint": Key(
         server_endpoint,
@@ -516,7 +565,10 @@ LISTENER_KEYS = {
         ' { endpoint = "tcp:8080", proxy_protocol = "required" }',
     ),
     **PROXY_KEYS,
+    **LIMIT_KEYS,
 }
+
+ADMIN_KEYS = {"listen": Key(server_endpoint, DEFAULT_ADMIN_LISTEN)}
 
 _LISTENER_TABLE = table_of(
     LISTENER_KEYS,
@@ -546,7 +598,19 @@ TOP_LEVEL_KEYS = {
         ),
         GrpcServerConfig(),
     ),
+    "drain_timeout": Key(seconds, DEFAULT_DRAIN_TIMEOUT),
+    "admin": Key(
+        _record(
+            AdminConfig,
+            ADMIN_KEYS,
+            "the admin table",
+            '[admin] listen = "tcp:9901:interface=127.0.0.1"',
+        ),
+        None,
+    ),
+    "log_decisions": Key(boolean, False),
     **PROXY_KEYS,
+    **LIMIT_KEYS,
 }
 
 #: Every key, qualified the way docs/configuration.md names them.
@@ -557,6 +621,7 @@ DOCUMENTED_KEYS = (
     *(f"route.tls.{key}" for key in TLS_KEYS),
     "route.match.type",
     *(f"grpc_server.{key}" for key in GRPC_SERVER_KEYS),
+    *(f"admin.{key}" for key in ADMIN_KEYS),
 )
 
 
@@ -594,7 +659,7 @@ def validate(
         given = tuple((e, {}) for e in _LISTEN(listen_where, list(listen)))
     else:
         given = values["listen"]
-    defaults = {key: values[key] for key in PROXY_KEYS}
+    defaults = {key: values[key] for key in (*PROXY_KEYS, *LIMIT_KEYS)}
     listeners = tuple(
         _listener(top, listen_where.item(i), endpoint, defaults, overrides)
         for i, (endpoint, overrides) in enumerate(given)
@@ -641,6 +706,9 @@ def validate(
         routes=routes,
         listener_routes=tuple(listener_routes),
         grpc_server=values["grpc_server"],
+        drain_timeout=values["drain_timeout"],
+        admin=values["admin"],
+        log_decisions=values["log_decisions"],
         warnings=tuple(warnings),
         listen_where=listen_where,
     )
