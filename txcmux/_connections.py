@@ -22,8 +22,9 @@ out of file descriptors, see :func:`txcmux._compat.pause_on_accept_errors`).
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -192,26 +193,13 @@ class Connections:
         """``detector``'s connection goes to ``route``'s ``protocol``.
 
         The protocol's ``connectionLost`` releases the connection when it
-        closes: it is wrapped, on that one instance, so that nothing stays
-        between the transport and the protocol for the rest of the
-        connection's life.
+        closes: it is replaced, on that one instance, by a :class:`_Release`
+        that then calls it, so that nothing stays between the transport and
+        the protocol for the rest of the connection's life.
         """
         self.undecided.pop(detector, None)
-        load = route.load
-        original: Callable[[Failure], object] = protocol.connectionLost
-
-        def connection_lost(reason: Failure) -> None:
-            # Dropping the wrapper breaks the cycle protocol -> wrapper ->
-            # protocol, so the protocol is freed without the cyclic GC.
-            vars(protocol).pop("connectionLost", None)
-            if self.decided_protocols.pop(protocol, None) is not None:
-                load.active -= 1
-                self.active -= 1
-                self.release_ip(ip)
-            original(reason)
-
         try:
-            protocol.connectionLost = connection_lost  # type: ignore[method-assign]
+            _Release(self, route, ip, protocol)
         except AttributeError:  # a protocol with __slots__: it cannot be followed
             self.active -= 1
             self.release_ip(ip)
@@ -222,9 +210,72 @@ class Connections:
                 protocol=type(protocol).__qualname__,
             )
             return
-        load.active += 1
-        self.decided_protocols[protocol] = route
+        route.load.active += 1
 
     def __iter__(self) -> Iterator[IProtocol]:
         """The protocols of the decided connections open now."""
         return iter(list(self.decided_protocols))
+
+
+class _Release:
+    """What a decided connection's protocol calls as its ``connectionLost``.
+
+    It releases the connection in its :class:`Connections`, then calls the
+    protocol's own ``connectionLost``.  When the protocol hands the
+    transport on to another (a Site's HTTP/2 chooser to its H2Connection),
+    :func:`follow` moves it along, so it is always the protocol the
+    transport calls that releases the connection.
+    """
+
+    __slots__ = ("connections", "ip", "original", "protocol", "route")
+
+    def __init__(
+        self, connections: Connections, route: Route, ip: str | None, protocol: Any
+    ) -> None:
+        self.connections, self.route, self.ip = connections, route, ip
+        self._attach(protocol)
+        connections.decided_protocols[protocol] = route
+
+    def _attach(self, protocol: Any) -> None:
+        # The original is kept as found: a protocol that proxies attribute
+        # access (Twisted's HTTP channel proxy) gets and sets elsewhere.
+        original = protocol.connectionLost
+        protocol.connectionLost = self
+        self.protocol, self.original = protocol, original
+
+    def _detach(self) -> None:
+        # Deleting it breaks the cycle protocol -> self -> protocol, so the
+        # protocol is freed without the cyclic garbage collector.
+        with contextlib.suppress(AttributeError):
+            del self.protocol.connectionLost
+
+    def __call__(self, reason: Failure, *args: Any, **options: Any) -> None:
+        protocol = self.protocol
+        self._detach()
+        connections = self.connections
+        if connections.decided_protocols.pop(protocol, None) is not None:
+            self.route.load.active -= 1
+            connections.active -= 1
+            connections.release_ip(self.ip)
+        self.original(reason, *args, **options)
+
+    def move_to(self, new: Any) -> None:
+        """The transport calls ``new`` now: release the connection from there."""
+        old = self.protocol
+        self._detach()
+        route = self.connections.decided_protocols.pop(old, None)
+        try:
+            self._attach(new)
+        except AttributeError:  # __slots__: release from the old one, as before
+            self._attach(old)
+            new = old
+        if route is not None:
+            self.connections.decided_protocols[new] = route
+
+
+def follow(current: object, new: object) -> None:
+    """The transport calls ``new`` where it called ``current``: if
+    ``current``'s connection is counted, count it as ``new``'s."""
+    release = getattr(current, "connectionLost", None)
+    if type(release) is _Release:
+        release.move_to(new)

@@ -14,7 +14,8 @@ client's answer to what the detector sent (see
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IProtocol
@@ -46,14 +47,16 @@ class Rejection:
     """A connection the detector closed without handing it to any route.
 
     ``reason`` is a :class:`~txcmux.Reason` (a string enum: ``no_match``,
-    ``too_long``, ``timeout`` or ``no_protocol``); ``detail`` says it in
-    words; ``data`` is every byte the client had sent.
+    ``too_long``, ``timeout``, ``limit``, ...); ``detail`` says it in
+    words; ``data`` is every byte the client had sent; ``time`` when
+    (seconds since the epoch).
     """
 
     reason: Reason
     detail: str
     peer: IAddress | None
     data: bytes
+    time: float = field(default_factory=time.time)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -95,7 +98,7 @@ class Detector(Protocol):
             self._refuse(refused)
             return
         self._ip = ip
-        if switch.log_decisions:
+        if switch.timing:
             self._started = switch.clock.seconds()
         if switch.deadlines is not None:
             switch.deadlines.add(self)
@@ -263,14 +266,19 @@ class Detector(Protocol):
         switch.connections.decided(self, self._ip, route, protocol)
         self._buffer = b""
         switch.stats[route.counter] += 1
-        if switch.log_decisions:
-            log.debug(
-                "txcmux: {peer}: route {route} after {size} bytes in {ms:.3f} ms",
-                peer=describe_peer(peer),
-                route=route.name,
-                size=len(buffered),
-                ms=(switch.clock.seconds() - self._started) * 1000,
-            )
+        if switch.timing:
+            elapsed = switch.clock.seconds() - self._started
+            if switch.decision_seconds is not None:
+                switch.decision_seconds.observe(elapsed)
+                switch.decision_bytes.observe(len(buffered))
+            if switch.log_decisions:
+                log.debug(
+                    "txcmux: {peer}: route {route} after {size} bytes in {ms:.3f} ms",
+                    peer=describe_peer(peer),
+                    route=route.name,
+                    size=len(buffered),
+                    ms=elapsed * 1000,
+                )
         replay = buffered
         if self._sent:
             replay = self._start_filtering(buffered)

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
 from zope.interface import Attribute, Interface
 
 from ._compat import h2_stream_connection
+from ._connections import follow
 
 
 class Handoff(NamedTuple):
@@ -81,6 +82,7 @@ def install(transport: Any, current: object, new: object) -> bool:
     for attribute in ("protocol", "wrappedProtocol"):
         if getattr(transport, attribute, None) is current:
             setattr(transport, attribute, new)
+            follow(current, new)
             return True
     return False
 

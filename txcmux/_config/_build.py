@@ -17,38 +17,44 @@ log) and stops the in-process gRPC server.
 from __future__ import annotations
 
 import os
+import signal
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import Site
-from zope.interface import implementer
 
 from .._compat import clear_sigterm_exit
+from .._drain import finish
 from .._errors import ConfigurationError, ListenError
 from .._factory import ProtocolSwitchingFactory
+from .._process import install_signal_handler, notify_systemd
 from .._route import Route
 from ._endpoints import listen_endpoint
 from ._schema import (
     Config,
     FactoryTarget,
     GrpcTarget,
+    ListenerConfig,
     ProxyTarget,
     RouteConfig,
     StaticTarget,
     TLSTarget,
     WebTarget,
+    load,
 )
 from ._values import Where, importable_from
 
@@ -75,11 +81,16 @@ _EXPECTED = {
 class _Builder:
     """Builds each route's factory once, and the one shared gRPC server."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(
+        self, config: Config, reactor: Any, grpc_server: GrpcServer | None = None
+    ) -> None:
         self.config = config
         self.reactor = reactor
         self.factories: dict[str, IProtocolFactory] = {}
-        self.grpc_server: GrpcServer | None = None
+        #: A running in-process gRPC server to reuse (a reload), else None.
+        self.grpc_server: GrpcServer | None = grpc_server
+        #: The detectors behind the tls routes.
+        self.inner: list[ProtocolSwitchingFactory] = []
 
     def where(self, route: RouteConfig) -> Where:
         return Where(self.config.source).in_route(route.name).at(route.target.kind)
@@ -96,8 +107,11 @@ class _Builder:
         return self.factories[name]
 
     def route(self, name: str) -> Route:
-        matchers = [m.matcher for m in self.config.route(name).matchers]
-        return Route(name, matchers, self.factory(name))
+        route = self.config.route(name)
+        matchers = [m.matcher for m in route.matchers]
+        return Route(
+            name, matchers, self.factory(name), max_connections=route.max_connections
+        )
 
     def _unavailable(
         self, route: RouteConfig, module: str, error: ImportError
@@ -172,14 +186,15 @@ class _Builder:
                 for function in r.target.functions
             ]
             settings = self.config.grpc_server
-            grace = {} if settings.grace is None else {"grace": settings.grace}
+            # Running calls get the drain's time to finish, unless told.
+            grace = settings.grace
             self.grpc_server = GrpcServer(
                 functions,
                 max_workers=settings.max_workers,
                 maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
                 options=settings.options,
                 reactor=self.reactor,
-                **grace,
+                grace=self.config.drain_timeout if grace is None else grace,
             )
         return self.grpc_server.factory(name=route.name)
 
@@ -197,7 +212,9 @@ class _Builder:
             sniff_timeout=self.config.sniff_timeout,
             max_sniff_bytes=self.config.max_sniff_bytes,
             clock=self.reactor,
+            log_decisions=self.config.log_decisions,
         )
+        self.inner.append(detector)
         return TLSTerminationFactory(
             target.certificate,
             target.key,
@@ -207,25 +224,37 @@ class _Builder:
         )
 
 
-@implementer(IStreamServerEndpoint)
 class _Listener:
-    """One ``listen`` endpoint, as the listening service listens on it.
+    """One endpoint listened on, and the factory it serves.
 
     Notes the port (for the start-up log and the port file) and fires
     ``ready`` with it; says in one line when it cannot listen; can listen
-    before the service starts (:meth:`listen_now`).
+    before the service starts (:meth:`listen_now`, so that twistd can say
+    an address is in use before it daemonizes).
     """
 
-    def __init__(self, description: str, endpoint: IStreamServerEndpoint) -> None:
+    def __init__(
+        self,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        front: Any,
+        config: ListenerConfig | None,
+    ) -> None:
         self.description = description
         self.endpoint = endpoint
+        #: The factory the port serves (a listener's :class:`_Front`, or the
+        #: admin Site).
+        self.front = front
+        #: What the file says of this listener (None for the admin one).
+        self.config = config
         self.port: IListeningPort | None = None
         self.ready: defer.Deferred[IListeningPort] = defer.Deferred()
         self._early: defer.Deferred[IListeningPort] | None = None
+        self._attempt: defer.Deferred[Any] | None = None
 
-    def listen_now(self, factory: IProtocolFactory) -> None:
+    def listen_now(self) -> None:
         """Listen at once; ListenError if that fails at once."""
-        attempt = self.endpoint.listen(factory)
+        attempt = self.endpoint.listen(self.front)
         failed: list[Failure] = []
 
         def note(failure: Failure) -> Failure:
@@ -243,16 +272,22 @@ class _Listener:
         if self._early is not None:
             self._early.addCallback(lambda port: port.stopListening())
 
-    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
-        """Listen, or take what :meth:`listen_now` got (IStreamServerEndpoint).
+    def listen(self) -> None:
+        """Listen, or take what :meth:`listen_now` got.
 
-        A failure is logged here, in one line; the service then gets None,
-        nothing to stop (its own errback would log a traceback).
+        A failure is logged here, in one line, and fails ``ready``.
         """
-        attempt, self._early = self._early or self.endpoint.listen(factory), None
+        attempt, self._early = self._early or self.endpoint.listen(self.front), None
         self.ready = defer.Deferred()
-        outcome = attempt.addCallbacks(self._listened, self._failed)
-        return cast("defer.Deferred[IListeningPort]", outcome)
+        self._attempt = attempt.addCallbacks(self._listened, self._failed)
+
+    def stop(self) -> None:
+        """Stop listening (connections already made go on)."""
+        port, self.port = self.port, None
+        if port is not None:
+            port.stopListening()
+        elif self._attempt is not None and not self._attempt.called:
+            self._attempt.cancel()
 
     def _cannot(self, failure: Failure) -> str:
         return f"cannot listen on {self.description}: {failure.getErrorMessage()}"
@@ -281,69 +316,223 @@ class _Listener:
         return str(port) if port is not None else self.address()
 
 
-class CmuxService(service.MultiService):
-    """Everything a config runs: the gRPC server (if any), then the listeners.
+class _Front(Factory):
+    """The factory a listening port keeps for its whole life.
 
-    ``muxes`` holds the :class:`~txcmux.ProtocolSwitchingFactory` of each
-    listener: listeners with the same PROXY protocol settings share one,
-    and ``mux`` is the first listener's.  ``grpc_server`` is the in-process
-    gRPC server service, or None; ``listeners`` one per ``listen`` endpoint,
-    each run by Twisted's ``StreamServerEndpointService``.  With
-    ``port_file``, once every listener listens, the file gets one line per
-    listener: the TCP port number, or the address for other kinds.  A stop
-    caused by SIGTERM ends twistd with exit status 0.
+    It hands each new connection to the listener's current detector
+    factory, which a reload replaces; connections already made keep the
+    one they started with.
+    """
+
+    noisy = False
+
+    def __init__(self, mux: ProtocolSwitchingFactory) -> None:
+        self.mux = mux
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.mux.buildProtocol(addr)
+
+
+@dataclass
+class Generation:
+    """What one load of the config file built: its detectors, and when.
+
+    ``muxes`` has one :class:`~txcmux.ProtocolSwitchingFactory` per
+    listener, ``inner`` those behind the ``tls`` routes.  Connections made
+    while a generation was current keep it until they close.
+    """
+
+    number: int
+    config: Config
+    muxes: list[ProtocolSwitchingFactory]
+    inner: list[ProtocolSwitchingFactory]
+    loaded_at: float = field(default_factory=time.time)
+
+    def all_muxes(self) -> list[ProtocolSwitchingFactory]:
+        """Every detector factory of this generation."""
+        return [*self.muxes, *self.inner]
+
+    def open_connections(self) -> int:
+        """Connections still open through this generation's listeners."""
+        return sum(mux.connections.active for mux in self.all_muxes())
+
+    def start(self) -> None:
+        """Start the route factories (a Site opens its log)."""
+        for mux in self.muxes:
+            mux.doStart()  # type: ignore[no-untyped-call]
+
+    def stop(self) -> None:
+        """Stop the route factories."""
+        for mux in self.muxes:
+            mux.doStop()  # type: ignore[no-untyped-call]
+
+
+def build_generation(
+    config: Config,
+    reactor: Any,
+    *,
+    number: int = 1,
+    grpc_server: GrpcServer | None = None,
+    measure: bool = False,
+) -> tuple[Generation, GrpcServer | None]:
+    """Build every factory of ``config``: a :class:`Generation`, and the
+    in-process gRPC server (``grpc_server`` if one is given, to reuse)."""
+    builder = _Builder(config, reactor, grpc_server)
+    with importable_from(config.base_dir):
+        routes = [builder.route(name) for name in config.listener_routes]
+        for route in config.routes:  # build routes used only behind TLS too
+            builder.factory(route.name)
+    muxes = [
+        ProtocolSwitchingFactory(
+            routes,
+            sniff_timeout=config.sniff_timeout,
+            max_sniff_bytes=config.max_sniff_bytes,
+            on_timeout=config.on_timeout,
+            clock=reactor,
+            prelude=listener.prelude(),
+            log_decisions=config.log_decisions,
+            limits=listener.limits,
+        )
+        for listener in config.listeners
+    ]
+    generation = Generation(number, config, muxes, builder.inner)
+    if measure:
+        for mux in generation.all_muxes():
+            mux.measure()
+    return generation, builder.grpc_server
+
+
+class CmuxService(service.MultiService):
+    """Everything a config runs: the gRPC server (if any), the listeners, and
+    the admin site (if the config has an ``[admin]`` table).
+
+    ``muxes`` holds the current :class:`~txcmux.ProtocolSwitchingFactory`
+    of each listener, ``mux`` the first listener's; ``generation`` is what
+    the config file built (a :meth:`reload` makes a new one);
+    ``grpc_server`` is the in-process gRPC server service, or None;
+    ``listeners`` one per ``listen`` endpoint.  With ``port_file``, once
+    every listener listens, the file gets one line per listener: the TCP
+    port number, or the address for other kinds.
+
+    Stopping drains (see ``txcmux._drain``): the listeners close, the
+    connections still undecided are closed, HTTP/1.1 and HTTP/2 connections
+    finish what they have, the gRPC server stops gracefully, relays go on;
+    after ``drain_timeout`` seconds what is left is cut.  With
+    :meth:`handle_signals` (``twistd cmux`` calls it) SIGHUP reloads the
+    config file, a second SIGTERM cuts the drain short, and a stop caused
+    by SIGTERM ends twistd with exit status 0.
     """
 
     def __init__(
         self,
         config: Config,
-        muxes: Sequence[ProtocolSwitchingFactory],
-        grpc_server: service.Service | None,
+        generation: Generation,
+        grpc_server: GrpcServer | None,
         *,
         reactor: Any,
         port_file: str | None = None,
+        listen: Sequence[str] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
-        self.muxes = list(muxes)
-        self.mux = self.muxes[0]
+        self.generation = generation
+        #: Earlier generations whose connections are still open.
+        self.retired: list[Generation] = []
         self.grpc_server = grpc_server
         self.reactor = reactor
         self.port_file = port_file
+        self._listen = listen
+        #: ``starting``, ``serving``, ``draining`` or ``stopped``.
+        self.state = "starting"
+        self.started_at = time.time()
+        #: Why the last reload was refused, or None.
+        self.reload_error: str | None = None
+        self._drained: defer.Deferred[None] | None = None
         if grpc_server is not None:
             grpc_server.setServiceParent(self)  # type: ignore[no-untyped-call]
-        self.listeners: list[_Listener] = []
-        for i, (description, mux) in enumerate(zip(config.listen, muxes, strict=True)):
-            where = config.listen_where.item(i)
-            listener = _Listener(
-                description, listen_endpoint(where, reactor, description)
+        self.listeners = [
+            self._listener(i, listener, mux)
+            for i, (listener, mux) in enumerate(
+                zip(config.listeners, generation.muxes, strict=True)
             )
-            StreamServerEndpointService(listener, mux).setServiceParent(self)  # type: ignore[no-untyped-call]
-            self.listeners.append(listener)
+        ]
+        self.admin: _Listener | None = None
+        if config.admin is not None:
+            self.admin = self._admin_listener(config.admin.listen)
+
+    @property
+    def muxes(self) -> list[ProtocolSwitchingFactory]:
+        """The current detector factory of each listener."""
+        return self.generation.muxes
+
+    @property
+    def mux(self) -> ProtocolSwitchingFactory:
+        """The first listener's current detector factory."""
+        return self.generation.muxes[0]
+
+    def _listener(
+        self, index: int, config: ListenerConfig, mux: ProtocolSwitchingFactory
+    ) -> _Listener:
+        where = self.config.listen_where.item(index)
+        endpoint = listen_endpoint(where, self.reactor, config.endpoint)
+        return _Listener(config.endpoint, endpoint, _Front(mux), config)
+
+    def _admin_listener(self, description: str) -> _Listener:
+        from ._site import admin_site
+        from ._status import ServiceStatus
+
+        where = Where(self.config.source).at("admin.listen")
+        endpoint = listen_endpoint(where, self.reactor, description)
+        self.status = ServiceStatus(self)
+        return _Listener(description, endpoint, admin_site(self.status), None)
+
+    def _all_listeners(self) -> list[_Listener]:
+        return [*self.listeners, *([self.admin] if self.admin else [])]
 
     def listen_now(self) -> None:
         """Listen on every endpoint before the service starts; ListenError if one
         cannot (the ones already listening are closed again)."""
         try:
-            for listener, mux in zip(self.listeners, self.muxes, strict=True):
-                listener.listen_now(mux)
+            for listener in self._all_listeners():
+                listener.listen_now()
         except ListenError:
-            for listener in self.listeners:
+            for listener in self._all_listeners():
                 listener.close_early()
             raise
 
     def startService(self) -> None:
         """Start the gRPC server and the listeners; log once all listen."""
         super().startService()  # type: ignore[no-untyped-call]
+        self.generation.start()
         self.reactor.addSystemEventTrigger(
             "after", "shutdown", clear_sigterm_exit, self.reactor
         )
+        for listener in self._all_listeners():
+            listener.listen()
         all_up = defer.gatherResults(
-            [listener.ready for listener in self.listeners], consumeErrors=True
+            [listener.ready for listener in self._all_listeners()], consumeErrors=True
         )
         all_up.addCallbacks(lambda _: self._started(), self._not_started)
 
+    def handle_signals(self) -> None:
+        """SIGHUP reloads the config file; SIGTERM while draining cuts it short."""
+        install_signal_handler(signal.SIGHUP, self.reactor, self._on_sighup)
+
+    def _on_sighup(self) -> None:
+        self.reload()
+
     def _started(self) -> None:
+        if self.state == "starting":
+            self.state = "serving"
+        self._log_listening("listening on")
+        if self.port_file is not None:
+            lines = [listener.port_file_line() for listener in self.listeners]
+            partial = Path(self.port_file + ".partial")
+            partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            os.replace(partial, self.port_file)
+        notify_systemd("READY=1", f"STATUS=serving {self.config.summary()}")
+
+    def _log_listening(self, what: str) -> None:
         config = self.config
         listening = ", ".join(
             f"{written.describe()} ({listener.address()})"
@@ -358,39 +547,220 @@ class CmuxService(service.MultiService):
             if config.on_timeout
             else ""
         )
+        if self.admin is not None:
+            extra += f"; admin on {self.admin.address()}"
         _log.info(
-            "txcmux: {source}: listening on {listening}; routes in priority"
+            "txcmux: {source}: {what} {listening}; routes in priority"
             " order: {routes}{extra}",
             source=config.source,
+            what=what,
             listening=listening,
             routes=routes,
             extra=extra,
         )
-        if self.port_file is not None:
-            lines = [listener.port_file_line() for listener in self.listeners]
-            partial = Path(self.port_file + ".partial")
-            partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-            os.replace(partial, self.port_file)
 
     def _not_started(self, failure: Failure) -> None:
         _log.critical("txcmux: not every listener could start; stopping")
         self.reactor.callWhenRunning(self.reactor.stop)
 
+    # -- reload ----------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Load the config file again and serve new connections with it.
+
+        Connections already made keep what they started with; listeners
+        added to the file are opened and those removed are closed.  A file
+        with any error is refused (logged in one line, kept in
+        ``reload_error``) and the running config stays.  The in-process
+        gRPC server keeps running as it is.  Returns whether the new config
+        is live.
+        """
+        if self.state not in ("serving", "starting"):
+            return False
+        source = self.config.source
+        notify_systemd("RELOADING=1")
+        try:
+            config = load(source, listen=self._listen)
+            generation, _ = build_generation(
+                config,
+                self.reactor,
+                number=self.generation.number + 1,
+                grpc_server=self.grpc_server,
+                measure=self.admin is not None,
+            )
+            if config.admin != self.config.admin:
+                self._warn_kept("the [admin] table")
+            new_listeners = self._relisten(config, generation)
+        except (ConfigurationError, ListenError) as error:
+            self.reload_error = str(error)
+            _log.error(
+                "txcmux: reload refused, the running config stays: {error}",
+                error=self.reload_error,
+            )
+            notify_systemd("READY=1", "STATUS=reload refused")
+            return False
+        old = self.generation
+        for mux, new in zip(old.muxes, generation.muxes, strict=False):
+            # Counters go on where they were; the listener's live connections
+            # are one count across generations, under the new limits.
+            new.stats = mux.stats
+            if mux.decision_seconds is not None:
+                new.decision_seconds = mux.decision_seconds
+                new.decision_bytes = mux.decision_bytes
+        generation.start()
+        self.generation, self.config, self.reload_error = generation, config, None
+        for listener, mux in zip(new_listeners, generation.muxes, strict=True):
+            listener.front.mux = mux
+        closing = [old for old in self.listeners if old not in new_listeners]
+        self.listeners = new_listeners
+        for listener in closing:
+            listener.stop()
+        self.retired.append(old)
+        self._retire_idle()
+        self._log_listening("reloaded; listening on")
+        notify_systemd("READY=1", f"STATUS=serving {config.summary()}")
+        return True
+
+    def _warn_kept(self, what: str) -> None:
+        _log.warn(
+            "txcmux: reload: {what} changed in the file; it takes effect"
+            " only after a restart",
+            what=what,
+        )
+
+    def _relisten(self, config: Config, generation: Generation) -> list[_Listener]:
+        """The listeners of ``config``: kept where the endpoint is the same,
+        new ones listening at once (ListenError if one cannot)."""
+        kept = {listener.description: listener for listener in self.listeners}
+        result: list[_Listener] = []
+        opened: list[_Listener] = []
+        try:
+            for i, (written, mux) in enumerate(
+                zip(config.listeners, generation.muxes, strict=True)
+            ):
+                listener = kept.pop(written.endpoint, None)
+                if listener is None:
+                    where = config.listen_where.item(i)
+                    endpoint = listen_endpoint(where, self.reactor, written.endpoint)
+                    listener = _Listener(
+                        written.endpoint, endpoint, _Front(mux), written
+                    )
+                    listener.listen_now()
+                    listener.listen()
+                    opened.append(listener)
+                listener.config = written
+                result.append(listener)
+        except (ConfigurationError, ListenError):
+            for listener in opened:
+                listener.stop()
+            raise
+        return result
+
+    def _retire_idle(self) -> None:
+        """Stop the factories of earlier generations whose connections closed."""
+        for generation in list(self.retired):
+            if generation.open_connections() == 0:
+                generation.stop()
+                self.retired.remove(generation)
+        if self.retired and self.running:
+            self.reactor.callLater(5, self._retire_idle)
+
+    # -- stop: drain -----------------------------------------------------------
+
+    def generations(self) -> list[Generation]:
+        """The current generation and the retired ones still open."""
+        return [self.generation, *self.retired]
+
+    def open_connections(self) -> int:
+        """Connections still open through any listener."""
+        return sum(g.open_connections() for g in self.generations())
+
     def stopService(self) -> defer.Deferred[None]:
-        """Stop listening, let the factories stop, stop the gRPC server."""
-        _log.info("txcmux: stopping: closing listeners")
+        """Drain (see the class docstring), then stop everything."""
+        if self._drained is not None:
+            return self._drained
+        self.state = "draining"
+        config = self.config
+        notify_systemd("STOPPING=1")
+        install_signal_handler(signal.SIGTERM, self.reactor, self._cut)
+        for listener in self.listeners:
+            listener.stop()
+        closed = sum(
+            mux.drain()
+            for generation in self.generations()
+            for mux in generation.all_muxes()
+        )
+        _log.info(
+            "txcmux: draining: listeners closed, {closed} undecided connections"
+            " closed, {open} open connections have {timeout:g} s to finish",
+            closed=closed,
+            open=self.open_connections(),
+            timeout=config.drain_timeout,
+        )
+        self._deadline = self.reactor.callLater(config.drain_timeout, self._cut)
+        self._poll = task.LoopingCall(self._finish_connections)
+        self._poll.clock = self.reactor
+        self._drained = defer.Deferred()
+        grpc_stopped: defer.Deferred[object] = defer.succeed(None)
+        if self.grpc_server is not None and self.grpc_server.running:
+            grpc_stopped = defer.maybeDeferred(self.grpc_server.stopService)
+        self._grpc_stopped = grpc_stopped
+        self._poll.start(0.1, now=True)
+        return self._drained
+
+    def _finish_connections(self) -> None:
+        for generation in self.generations():
+            for mux in generation.all_muxes():
+                for protocol in mux.connections:
+                    finish(protocol)
+        if self.open_connections() == 0 and self._grpc_stopped.called:
+            self._done(cut=0)
+
+    def _cut(self) -> None:
+        """The drain's deadline, or a second SIGTERM: cut what is left."""
+        if self._drained is None or self._drained.called:
+            return
+        left: list[Any] = []
+        for generation in self.generations():
+            for mux in generation.all_muxes():
+                left.extend(mux.connections)
+        for protocol in left:
+            transport = getattr(protocol, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+        self._done(cut=len(left))
+
+    def _done(self, cut: int) -> None:
+        if self._poll.running:
+            self._poll.stop()
+        if self._deadline.active():
+            self._deadline.cancel()
+        if cut:
+            _log.warn("txcmux: drain: cut {cut} connections still open", cut=cut)
+        else:
+            _log.info("txcmux: drained: every connection finished")
+        for generation in self.generations():
+            generation.stop()
+        self.retired = []
+        if self.admin is not None:
+            self.admin.stop()
         done: defer.Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
 
         def stopped(result: object) -> None:
-            for listener in self.listeners:
-                listener.port = None
+            self.state = "stopped"
             _log.info("txcmux: stopped")
+            assert self._drained is not None
+            self._drained.callback(None)
 
-        return done.addCallback(stopped)
+        done.addCallback(stopped)
 
 
 def make_service(
-    config: Config, *, reactor: Any = None, port_file: str | None = None
+    config: Config,
+    *,
+    reactor: Any = None,
+    port_file: str | None = None,
+    listen: Sequence[str] | None = None,
 ) -> CmuxService:
     """Build the factories of ``config`` into a service that is not started yet.
 
@@ -398,36 +768,21 @@ def make_service(
     (a ``web`` callable that returns something else, an unreadable TLS
     certificate, a target missing from this installation, a ``systemd:``
     socket that was not passed).  Modules next to the config file import
-    while the callables are called.
+    while the callables are called.  ``listen``, when the command line
+    replaced the file's listeners, is kept for :meth:`CmuxService.reload`.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    builder = _Builder(config, reactor)
-    with importable_from(config.base_dir):
-        routes = [builder.route(name) for name in config.listener_routes]
-        for route in config.routes:  # build routes used only behind TLS too
-            builder.factory(route.name)
-    # One detector for each kind of listener: with or without a PROXY stage.
-    shared: dict[tuple[str, tuple[str, ...], int], ProtocolSwitchingFactory] = {}
-    muxes = []
-    for listener in config.listeners:
-        kind = (
-            listener.proxy_protocol,
-            listener.trusted_proxies,
-            listener.proxy_protocol_max_bytes,
-        )
-        if kind not in shared:
-            shared[kind] = ProtocolSwitchingFactory(
-                routes,
-                sniff_timeout=config.sniff_timeout,
-                max_sniff_bytes=config.max_sniff_bytes,
-                on_timeout=config.on_timeout,
-                clock=reactor,
-                prelude=listener.prelude(),
-            )
-        muxes.append(shared[kind])
+    generation, grpc_server = build_generation(
+        config, reactor, measure=config.admin is not None
+    )
     return CmuxService(
-        config, muxes, builder.grpc_server, reactor=reactor, port_file=port_file
+        config,
+        generation,
+        grpc_server,
+        reactor=reactor,
+        port_file=port_file,
+        listen=listen,
     )

@@ -90,7 +90,9 @@ class Options(usage.Options):
                     _log.info("txcmux: {note}", note=LOOPBACK_NOTE)
             else:
                 config = load(path, listen=listen)
-            self.service = make_service(config, port_file=self["port-file"])
+            self.service = make_service(
+                config, port_file=self["port-file"], listen=listen
+            )
         except ConfigurationError as error:
             _fail(str(error))
         if self["check"]:
@@ -126,4 +128,5 @@ def makeService(options: Any) -> IService:
         service.listen_now()
     except ListenError as error:
         _fail(str(error))
+    service.handle_signals()
     return service

@@ -50,6 +50,7 @@ from .. import _compat
 from .._errors import ConfigurationError
 from .._grpc._peers import CLIENTS
 from .._handoff import Handoff, IHandoffReceiver
+from .._histogram import CONNECT_SECONDS, Histogram
 from .._log import describe_peer, log
 from .._proxy._send import check_version, header_for
 from ._clients import IRelayedClients
@@ -196,6 +197,7 @@ class RelayProtocol(_End):
         self._counted = False
         self._done = False
         self._making = False
+        self._connect_started = 0.0
 
     # -- identity, for logs ----------------------------------------------------
 
@@ -223,6 +225,7 @@ class RelayProtocol(_End):
         self.transport.pauseProducing()  # type: ignore[attr-defined]
         self.relay.active += 1
         self._making = True
+        self._connect_started = self.relay.clock.seconds()
         try:
             connecting: Deferred[IProtocol] = defer.maybeDeferred(
                 self.relay.endpoint.connect, _BackendFactory(self)
@@ -275,6 +278,9 @@ class RelayProtocol(_End):
             self.relay.clock.callLater(0, self.backend_connected, backend)
             return
         self._connecting = None
+        relay = self.relay
+        relay.connect_seconds.observe(relay.clock.seconds() - self._connect_started)
+        relay.last_error = None
         assert self.transport is not None and backend.transport is not None
         client, server = self.transport, backend.transport
         if self.lost is not None:  # the client left as the backend answered
@@ -316,6 +322,11 @@ class RelayProtocol(_End):
             return
         self.relay.stats["backend_failed"] += 1
         self._counted = True
+        self.relay.last_error = (
+            f"no answer within {self.relay.connect_timeout} s"
+            if isinstance(reason.value, defer.TimeoutError)
+            else _why(reason)
+        )
         log.warn(
             "txcmux: route {route}: backend {backend} failed for {peer}:"
             " {why}; closing the client",
@@ -439,7 +450,9 @@ class RelayFactory(Factory):
     ``closed_clean``, ``closed_error`` (ended by a reset or abort on either
     side), ``bytes_up`` (client to backend) and ``bytes_down``, added when
     a connection ends.  ``active`` is the number of connections not yet
-    fully closed.
+    fully closed.  ``connect_seconds`` is a :class:`~txcmux._histogram.Histogram`
+    of the time the backend took to accept; ``last_error`` says why the last
+    attempt failed, or is None once one succeeds.
     """
 
     protocol = RelayProtocol
@@ -502,6 +515,8 @@ class RelayFactory(Factory):
         self.clients: IRelayedClients = clients if clients is not None else CLIENTS
         self.stats: Counter[str] = Counter()
         self.active = 0
+        self.connect_seconds = Histogram(CONNECT_SECONDS)
+        self.last_error: str | None = None
 
     @property
     def backend(self) -> str:
