@@ -106,17 +106,24 @@ def test_max_connections_refuses_past_the_limit_and_admits_after_a_close() -> No
     mux.assert_empty()
 
 
-def test_max_sniffing_counts_only_undecided_connections() -> None:
-    mux = Mux(Limits(max_sniffing=1))
+def test_past_max_sniffing_the_longest_undecided_makes_room() -> None:
+    mux = Mux(Limits(max_sniffing=2))
     decided = mux.connect()
     decided.send(GET)
-    waiting = mux.connect()
-    waiting.send(b"GE")
-    assert not waiting.refused and mux.connections.sniffing == 1
-    assert mux.connect().refused
-    waiting.send(b"T / HTTP/1.1\r\n\r\n")  # decided: the place is free again
-    assert not mux.connect().refused
+    oldest, middle = mux.connect(), mux.connect()
+    oldest.send(b"GE")
+    assert mux.connections.sniffing == 2  # the decided one does not count
+    newest = mux.connect()
+    assert oldest.refused and not middle.refused and not newest.refused
+    assert mux.connections.sniffing == 2
+    newest.send(GET)  # the new client is served
+    assert len(mux.web.built) == 2
     assert mux.factory.stats["limited.max_sniffing"] == 1
+    assert mux.rejections[0].detail == "the listener holds its max_sniffing (2)"
+    assert mux.rejections[0].data == b"GE"
+    for client in (decided, middle, newest):
+        client.close()
+    mux.assert_empty()
 
 
 def test_max_connections_per_ip_is_per_client_address() -> None:

@@ -438,3 +438,70 @@ def test_systemd_notify_ready_reloading_stopping(
         notify.close()
     running.process.wait(timeout=30)
     assert_clean_exit(running, running.log.read_text(encoding="utf-8"))
+
+
+def test_json_lines_for_log_shippers(tmp_path: Path, echo: Echo) -> None:
+    from twisted.logger import eventFromJSON, formatEvent
+
+    from tests.test_twistd import twistd_command
+
+    (tmp_path / "ops_site.py").write_text(SITE, encoding="utf-8")
+    path = tmp_path / "cmux.toml"
+    path.write_text(config_text(free_port(), echo.port), encoding="utf-8")
+    port_file = tmp_path / "ports"
+    process = subprocess.Popen(
+        [
+            *twistd_command(),
+            "-n",
+            "--pidfile=",
+            "--logger",
+            "txcmux.jsonlog.observer",
+            "cmux",
+            "--config",
+            str(path),
+            "--port-file",
+            str(port_file),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_environment(),
+    )
+    try:
+        wait_for(port_file.exists, "twistd to listen", timeout=30)
+        port = int(port_file.read_text().split()[0])
+        assert exchange(port, b"\x00junk") == b""
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors
+    events = [eventFromJSON(line) for line in out.splitlines() if line.strip()]
+    [closing] = [e for e in events if e.get("detail") == "no route matched"]
+    assert closing["log_namespace"] == "txcmux"
+    assert closing["size"] == 5
+    assert formatEvent(closing).startswith("txcmux: closing connection from 127.0.0.1:")
+
+
+def test_silent_flooders_make_room_for_a_client_that_speaks(
+    ops: Callable[..., Any],
+) -> None:
+    running, admin, _ = ops(extra="max_sniffing = 10\ndrain_timeout = 3")
+    flood = [
+        socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        for _ in range(30)
+    ]
+    try:
+        shed = (("limit", "max_sniffing"), ("listener", LISTENER))
+        wait_for(
+            lambda: metrics(admin).get(("txcmux_limit_refusals_total", shed)) == 20,
+            "20 silent connections closed to make room",
+        )
+        # Still ten silent ones open, and a client that speaks is served.
+        assert curl(running.port, "/hello") == "hello\n"
+        sniffing = ("txcmux_connections_sniffing", (("listener", LISTENER),))
+        assert metrics(admin)[sniffing] == 9  # curl's made room for itself
+    finally:
+        for sock in flood:
+            sock.close()
+    assert_clean_exit(running, running.stop())

@@ -42,7 +42,9 @@ class Limits:
     """How many connections a listener takes (None: no limit).
 
     ``max_connections``: open at once, decided or not; ``max_sniffing``:
-    still undecided (a flood of silent clients fills this one first);
+    still undecided (past it the connection undecided longest is closed to
+    make room for the new one, so that a flood of silent clients cannot
+    keep new ones out);
     ``max_connections_per_ip``: open at once from one client address (the
     address a PROXY header names, on a listener that reads one).
     """
@@ -146,11 +148,12 @@ class Connections:
         limits = self.limits
         if limits.max_connections is not None and self.active >= limits.max_connections:
             return MAX_CONNECTIONS
-        if (
-            limits.max_sniffing is not None
-            and len(self.undecided) >= limits.max_sniffing
-        ):
-            return MAX_SNIFFING
+        most = limits.max_sniffing
+        if most is not None and len(self.undecided) >= most:
+            # The one that has waited longest makes room: under a flood of
+            # silent clients that is a flooder, and a new honest client
+            # still gets its few milliseconds to decide.
+            next(iter(self.undecided)).shed(MAX_SNIFFING)
         if ip is not None and not self.admit_ip(ip):
             return MAX_PER_IP
         self.active += 1

@@ -400,6 +400,11 @@ class Detector(Protocol):
         self.transport.loseConnection()
         switch.report(Rejection(Reason.LIMIT, detail, self._peer(), seen))
 
+    def shed(self, limit: str) -> None:
+        """Close this undecided connection to make room for a new one."""
+        self._switch.connections.released(self, self._ip)
+        self._refuse(limit)
+
     def drain(self) -> None:
         """The service drains: close this connection if it is still undecided."""
         if self._target is None and not self._closing:

@@ -69,11 +69,11 @@ _log = Logger(namespace="txcmux")
 DEFAULT_SNIFF_TIMEOUT = 5.0
 DEFAULT_MAX_SNIFF_BYTES = 16384
 #: The connection limits of a listener when the file sets none (0: no limit).
-#: Ten thousand open connections take about 50 MB and fit the file
-#: descriptors a service is usually given (systemd's default soft limit is
-#: 1024, its hard limit 524288: raise LimitNOFILE); a thousand undecided ones
-#: is more than any honest traffic holds for the few milliseconds each takes
-#: to decide, and keeps a flood of silent clients from filling the rest.
+#: Ten thousand open connections need as many file descriptors (raise
+#: systemd's LimitNOFILE, 1024 by default); a thousand undecided ones is more
+#: than honest traffic holds for the few milliseconds each takes to decide,
+#: and past it the oldest undecided connection makes room for the new one,
+#: so a flood of silent clients cannot keep honest ones out.
 DEFAULT_LIMITS = Limits(max_connections=10000, max_sniffing=1000)
 DEFAULT_DRAIN_TIMEOUT = 30.0
 DEFAULT_ADMIN_LISTEN = "tcp:9901:interface=127.0.0.1"
