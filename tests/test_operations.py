@@ -505,3 +505,46 @@ def test_silent_flooders_make_room_for_a_client_that_speaks(
         for sock in flood:
             sock.close()
     assert_clean_exit(running, running.stop())
+
+
+def served_certificate(port: int) -> str:
+    """The subject line of the certificate a TLS client gets on ``port``."""
+    result = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    [subject] = [
+        line for line in result.stdout.splitlines() if line.startswith("subject=")
+    ]
+    return subject
+
+
+def test_sighup_reads_renewed_certificates(
+    ops: Callable[..., Any], tmp_path: Path
+) -> None:
+    from tests.tls_support import pki
+
+    files = pki()
+    shutil.copy(files.server_certificate, tmp_path / "live.pem")
+    shutil.copy(files.server_key, tmp_path / "live.key")
+    tls = """
+[[route]]
+name = "https"
+match = ["tls"]
+tls = { certificate = "live.pem", key = "live.key", routes = ["web"] }
+"""
+    running, admin, _ = ops(routes=tls)
+    assert "CN = localhost" in served_certificate(running.port)
+    shutil.copy(files.a_certificate, tmp_path / "live.pem")
+    shutil.copy(files.a_key, tmp_path / "live.key")
+    assert "CN = localhost" in served_certificate(running.port)  # not yet
+    running.process.send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: json.loads(get(admin, "/status.json")[2])["config"]["generation"] == 2,
+        "the reload",
+    )
+    assert "CN = a.example" in served_certificate(running.port)
+    assert_clean_exit(running, running.stop())
