@@ -548,3 +548,77 @@ tls = { certificate = "live.pem", key = "live.key", routes = ["web"] }
     )
     assert "CN = a.example" in served_certificate(running.port)
     assert_clean_exit(running, running.stop())
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_out_of_file_descriptors_it_neither_spins_nor_dies(
+    tmp_path: Path, echo: Echo
+) -> None:
+    import resource
+
+    from tests.test_twistd import twistd_command
+
+    (tmp_path / "ops_site.py").write_text(SITE, encoding="utf-8")
+    path = tmp_path / "cmux.toml"
+    path.write_text(config_text(free_port(), echo.port), encoding="utf-8")
+    port_file = tmp_path / "ports"
+    log = (tmp_path / "twistd.log").open("w")
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    process = subprocess.Popen(
+        [
+            *twistd_command(),
+            "-n",
+            "--pidfile=",
+            "cmux",
+            "--config",
+            str(path),
+            "--port-file",
+            str(port_file),
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=clean_environment(),
+        preexec_fn=low_limit,
+    )
+    log.close()
+    flood: list[socket.socket] = []
+    try:
+        wait_for(port_file.exists, "twistd to listen", timeout=30)
+        port = int(port_file.read_text().split()[0])
+        for _ in range(100):
+            flood.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        wait_for(
+            lambda: "EMFILE" in (tmp_path / "twistd.log").read_text(),
+            "twistd to run out of file descriptors",
+        )
+        before = cpu_seconds(process.pid)
+        time.sleep(2)  # a window to measure CPU in: a busy loop would fill it
+        spent = cpu_seconds(process.pid) - before
+        assert spent < 0.5, f"{spent:.2f} s of CPU in 2 s while out of descriptors"
+        assert process.poll() is None
+        for sock in flood:
+            sock.close()
+        flood = []
+        assert curl(port, "/hello") == "hello\n"
+    finally:
+        for sock in flood:
+            sock.close()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    output = (tmp_path / "twistd.log").read_text()
+    assert process.returncode == 0, output
+    assert "Traceback" not in output, output
+    assert (
+        "max_connections (10000) allows more connections than this process has"
+        " file descriptors (64, ulimit -n" in output
+    )

@@ -332,6 +332,10 @@ class _Front(Factory):
     def buildProtocol(self, addr: Any) -> Any:
         return self.mux.buildProtocol(addr)
 
+    def logPrefix(self) -> str:
+        """How the port's "starting on" log line names it."""
+        return "txcmux"
+
 
 @dataclass
 class Generation:
@@ -531,6 +535,29 @@ class CmuxService(service.MultiService):
             partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
             os.replace(partial, self.port_file)
         notify_systemd("READY=1", f"STATUS=serving {self.config.summary()}")
+        self._check_descriptors()
+
+    def _check_descriptors(self) -> None:
+        """Warn when the limits allow more connections than file descriptors."""
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError):  # not on this platform
+            return
+        if soft == resource.RLIM_INFINITY:
+            return
+        limits = [listener.limits.max_connections for listener in self.config.listeners]
+        allowed = None if None in limits else sum(filter(None, limits))
+        if allowed is None or allowed >= soft:
+            _log.warn(
+                "txcmux: max_connections ({allowed}) allows more connections than"
+                " this process has file descriptors ({soft}, ulimit -n; systemd's"
+                " LimitNOFILE): past that, accepting fails with EMFILE and Twisted"
+                " closes new connections at once",
+                allowed="none" if allowed is None else allowed,
+                soft=soft,
+            )
 
     def _log_listening(self, what: str) -> None:
         config = self.config
