@@ -91,7 +91,7 @@ class Detector(Protocol):
         if switch.prelude is None and connections.limits.max_connections_per_ip:
             ip = getattr(self._address, "host", None)
         refused = connections.admit(self, ip)
-        if refused is DRAINING:
+        if refused == DRAINING:
             self._reject(Reject(Reason.DRAINING, "the service is draining"))
             return
         if refused is not None:

@@ -452,6 +452,7 @@ class CmuxService(service.MultiService):
         #: Why the last reload was refused, or None.
         self.reload_error: str | None = None
         self._drained: defer.Deferred[None] | None = None
+        self._signals = False
         if grpc_server is not None:
             grpc_server.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners = [
@@ -520,6 +521,7 @@ class CmuxService(service.MultiService):
 
     def handle_signals(self) -> None:
         """SIGHUP reloads the config file; SIGTERM while draining cuts it short."""
+        self._signals = True
         install_signal_handler(signal.SIGHUP, self.reactor, self._on_sighup)
 
     def _on_sighup(self) -> None:
@@ -709,7 +711,8 @@ class CmuxService(service.MultiService):
         self.state = "draining"
         config = self.config
         notify_systemd("STOPPING=1")
-        install_signal_handler(signal.SIGTERM, self.reactor, self._cut)
+        if self._signals:
+            install_signal_handler(signal.SIGTERM, self.reactor, self._cut)
         for listener in self.listeners:
             listener.stop()
         closed = sum(
