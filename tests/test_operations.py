@@ -440,28 +440,33 @@ def test_systemd_notify_ready_reloading_stopping(
     assert_clean_exit(running, running.log.read_text(encoding="utf-8"))
 
 
-def test_json_lines_for_log_shippers(tmp_path: Path, echo: Echo) -> None:
-    from twisted.logger import eventFromJSON, formatEvent
-
+def twistd_argv(tmp_path: Path, echo: Echo, *twistd_options: str) -> list[str]:
+    """Write the site and a config; the command running twistd on them in the
+    foreground, writing its port to ``tmp_path / "ports"``."""
     from tests.test_twistd import twistd_command
 
     (tmp_path / "ops_site.py").write_text(SITE, encoding="utf-8")
     path = tmp_path / "cmux.toml"
     path.write_text(config_text(free_port(), echo.port), encoding="utf-8")
+    return [
+        *twistd_command(),
+        "-n",
+        "--pidfile=",
+        *twistd_options,
+        "cmux",
+        "--config",
+        str(path),
+        "--port-file",
+        str(tmp_path / "ports"),
+    ]
+
+
+def test_json_lines_for_log_shippers(tmp_path: Path, echo: Echo) -> None:
+    from twisted.logger import eventFromJSON, formatEvent
+
     port_file = tmp_path / "ports"
     process = subprocess.Popen(
-        [
-            *twistd_command(),
-            "-n",
-            "--pidfile=",
-            "--logger",
-            "txcmux.jsonlog.observer",
-            "cmux",
-            "--config",
-            str(path),
-            "--port-file",
-            str(port_file),
-        ],
+        twistd_argv(tmp_path, echo, "--logger", "txcmux.jsonlog.observer"),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -562,11 +567,7 @@ def test_out_of_file_descriptors_it_neither_spins_nor_dies(
 ) -> None:
     import resource
 
-    from tests.test_twistd import twistd_command
-
-    (tmp_path / "ops_site.py").write_text(SITE, encoding="utf-8")
-    path = tmp_path / "cmux.toml"
-    path.write_text(config_text(free_port(), echo.port), encoding="utf-8")
+    argv = twistd_argv(tmp_path, echo)
     port_file = tmp_path / "ports"
     log = (tmp_path / "twistd.log").open("w")
 
@@ -574,16 +575,7 @@ def test_out_of_file_descriptors_it_neither_spins_nor_dies(
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 
     process = subprocess.Popen(
-        [
-            *twistd_command(),
-            "-n",
-            "--pidfile=",
-            "cmux",
-            "--config",
-            str(path),
-            "--port-file",
-            str(port_file),
-        ],
+        argv,
         cwd=tmp_path,
         stdout=log,
         stderr=subprocess.STDOUT,
