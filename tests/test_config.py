@@ -1268,3 +1268,30 @@ def test_limits_defaults_and_overrides(tmp_path: Path) -> None:
     service = make_service(config, reactor=MemoryReactorClock())
     assert service.muxes[1].connections.limits.max_sniffing == 5
     assert service.mux.routes[0].max_connections == 3
+
+
+def test_reload_keeps_each_listeners_counters_and_refuses_a_broken_file(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, 'listen = ["tcp:1"]\n' + WEB_ROUTE)
+    service = make_service(load(path), reactor=MemoryReactorClock())
+    service.startService()
+    first = service.mux
+    first.stats["accepted"] += 3
+    path.write_text('listen = ["tcp:2", "tcp:1"]\n' + WEB_ROUTE + SSH_ROUTE)
+    assert service.reload()
+    assert service.generation.number == 2
+    assert [listener.description for listener in service.listeners] == [
+        "tcp:2",
+        "tcp:1",
+    ]
+    assert service.muxes[1] is not first
+    assert service.muxes[1].stats is first.stats  # tcp:1 counts on
+    assert service.muxes[0].stats["accepted"] == 0
+    assert [route.name for route in service.mux.routes] == ["web", "ssh"]
+    assert service.retired == []  # nothing was open on the old generation
+    path.write_text('listen = ["tcp:1"]\nsniff_timout = 2\n' + WEB_ROUTE)
+    assert not service.reload()
+    assert service.reload_error is not None
+    assert 'unknown key "sniff_timout"' in service.reload_error
+    assert service.generation.number == 2

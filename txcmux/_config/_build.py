@@ -629,9 +629,16 @@ class CmuxService(service.MultiService):
             notify_systemd("READY=1", "STATUS=reload refused")
             return False
         old = self.generation
-        for mux, new in zip(old.muxes, generation.muxes, strict=False):
-            # Counters go on where they were; the listener's live connections
-            # are one count across generations, under the new limits.
+        before = {
+            written.endpoint: mux
+            for written, mux in zip(old.config.listeners, old.muxes, strict=True)
+        }
+        for written, new in zip(config.listeners, generation.muxes, strict=True):
+            # A listener's counters go on where they were.  (Its limits count
+            # the connections of each generation apart.)
+            mux = before.get(written.endpoint)
+            if mux is None:
+                continue
             new.stats = mux.stats
             if mux.decision_seconds is not None:
                 new.decision_seconds = mux.decision_seconds
