@@ -552,6 +552,9 @@ tls = { certificate = "live.pem", key = "live.key", routes = ["web"] }
         "the reload",
     )
     assert "CN = a.example" in served_certificate(running.port)
+    # The detector behind the tls route is its own listener in the metrics.
+    inner = ("txcmux_connections_accepted_total", (("listener", "tls:https"),))
+    assert metrics(admin)[inner] == 3
     assert_clean_exit(running, running.stop())
 
 

@@ -90,7 +90,7 @@ class _Builder:
         #: A running in-process gRPC server to reuse (a reload), else None.
         self.grpc_server: GrpcServer | None = grpc_server
         #: The detectors behind the tls routes.
-        self.inner: list[ProtocolSwitchingFactory] = []
+        self.inner: dict[str, ProtocolSwitchingFactory] = {}
 
     def where(self, route: RouteConfig) -> Where:
         return Where(self.config.source).in_route(route.name).at(route.target.kind)
@@ -214,7 +214,7 @@ class _Builder:
             clock=self.reactor,
             log_decisions=self.config.log_decisions,
         )
-        self.inner.append(detector)
+        self.inner[route.name] = detector
         return TLSTerminationFactory(
             target.certificate,
             target.key,
@@ -342,19 +342,20 @@ class Generation:
     """What one load of the config file built: its detectors, and when.
 
     ``muxes`` has one :class:`~txcmux.ProtocolSwitchingFactory` per
-    listener, ``inner`` those behind the ``tls`` routes.  Connections made
-    while a generation was current keep it until they close.
+    listener, ``inner`` those behind the ``tls`` routes, by route name.
+    Connections made while a generation was current keep it until they
+    close.
     """
 
     number: int
     config: Config
     muxes: list[ProtocolSwitchingFactory]
-    inner: list[ProtocolSwitchingFactory]
+    inner: dict[str, ProtocolSwitchingFactory]
     loaded_at: float = field(default_factory=time.time)
 
     def all_muxes(self) -> list[ProtocolSwitchingFactory]:
         """Every detector factory of this generation."""
-        return [*self.muxes, *self.inner]
+        return [*self.muxes, *self.inner.values()]
 
     def open_connections(self) -> int:
         """Connections still open through this generation's listeners."""
@@ -632,11 +633,15 @@ class CmuxService(service.MultiService):
         before = {
             written.endpoint: mux
             for written, mux in zip(old.config.listeners, old.muxes, strict=True)
-        }
-        for written, new in zip(config.listeners, generation.muxes, strict=True):
-            # A listener's counters go on where they were.  (Its limits count
-            # the connections of each generation apart.)
-            mux = before.get(written.endpoint)
+        } | {f"tls:{name}": mux for name, mux in old.inner.items()}
+        now = [
+            *zip((w.endpoint for w in config.listeners), generation.muxes, strict=True),
+            *((f"tls:{name}", mux) for name, mux in generation.inner.items()),
+        ]
+        for name, new in now:
+            # The counters of a listener (or of a tls route's detector) go on
+            # where they were.  (Limits count each generation apart.)
+            mux = before.get(name)
             if mux is None:
                 continue
             new.stats = mux.stats

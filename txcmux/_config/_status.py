@@ -108,12 +108,7 @@ class ServiceStatus:
                 generation.config.listeners, generation.muxes, strict=True
             ):
                 yield written.endpoint, mux
-            tls_routes = [
-                route.name
-                for route in generation.config.routes
-                if route.target.kind == "tls"
-            ]
-            for name, mux in zip(tls_routes, generation.inner, strict=False):
+            for name, mux in generation.inner.items():
                 yield f"tls:{name}", mux
 
     def factories(self) -> Iterator[tuple[str, Any]]:
