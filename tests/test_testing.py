@@ -119,6 +119,12 @@ def test_short_samples_are_padded_to_the_bound() -> None:
         assert_well_behaved(greedy, [b"PI"])
 
 
+def test_paddings_are_not_held_to_each_other() -> None:
+    # Undecided on the sample, the matcher may decide either way on what
+    # follows: the NUL padding matches, the "A" padding does not.
+    assert_well_behaved(matchers.prefix(b"\x00\x00"), [b""])
+
+
 def test_a_padded_sample_must_keep_the_decision() -> None:
     def only_short(data: bytes) -> Verdict:
         if len(data) < 2:

@@ -161,7 +161,9 @@ def _check_prefixes(
                 f"matcher {name} answered 'need more' for {_count(data)}{how},"
                 f" at or beyond its max_bytes ({bound}): {_show(data)}",
             )
-        if decided is None and answer is not Outcome.NEED_MORE:
+        # Each padding extends the sample, not the other padding: only what
+        # the sample's own prefixes decided binds them.
+        if decided is None and answer is not Outcome.NEED_MORE and not how:
             decided = (data, answer)
     return None
 
