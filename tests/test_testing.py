@@ -321,7 +321,7 @@ def test_every_capture_is_described_in_its_readme() -> None:
         re.sub(r"\.(before|after)-settings\.bin$|\.bin$", "", name) for name in CAPTURES
     }
     assert described == stems
-    assert len(CAPTURES) == 12
+    assert len(CAPTURES) == 22
 
 
 def test_the_captures_are_what_their_readme_says() -> None:
