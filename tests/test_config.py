@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web.resource import Resource
 
@@ -289,7 +290,7 @@ def test_unknown_matcher(tmp_path: Path) -> None:
         'route "web"',
         'key "match[0]"',
         'unknown matcher "htp1"',
-        "expected one of any, grpc, http1",
+        "expected one of all_of, amqp, any, any_of, grpc, http1",
         'did you mean "http1"?',
     )
 
@@ -396,6 +397,75 @@ def test_non_latin1_bytes(tmp_path: Path) -> None:
     route = SSH_ROUTE.replace('["ssh"]', '[{ type = "prefix", value = "€" }]')
     message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
     assert_says(message, 'key "match[0].value"', "U+0000 to U+00FF")
+
+
+COMBINED = """
+listen = ["tcp:0"]
+[[route]]
+name = "admin"
+match = [{ type = "all_of", of = [
+    { type = "tls", sni = "localhost" },
+    { type = "remote_ip", cidrs = ["10.0.0.0/8", "fd00::/8"] },
+] }]
+proxy = "tcp:host=127.0.0.1:port=9"
+[[route]]
+name = "others"
+match = [{ type = "not", of = { type = "any_of", of = ["ssh", "mqtt"] } }]
+proxy = "tcp:host=127.0.0.1:port=9"
+"""
+
+
+def test_combinators_nest_as_tables(tmp_path: Path) -> None:
+    config = load(write(tmp_path, COMBINED))
+    admin = config.route("admin").matchers[0].matcher
+    others = config.route("others").matchers[0].matcher
+    hello = capture("curl-tls-clienthello.bin")
+    inside = admin.bind(IPv4Address("TCP", "10.0.0.1", 1), None)  # type: ignore[attr-defined]
+    outside = admin.bind(IPv4Address("TCP", "192.0.2.1", 1), None)  # type: ignore[attr-defined]
+    assert inside(hello).outcome is Outcome.MATCH
+    assert outside(hello).outcome is Outcome.NO_MATCH
+    assert others(capture("openssh-client.bin")).outcome is Outcome.NO_MATCH
+    assert others(capture("curl-mqtt.bin")).outcome is Outcome.NO_MATCH
+    assert others(capture("curl-http1.1.bin")).outcome is Outcome.MATCH
+
+
+@pytest.mark.parametrize(
+    ("match", "key", "expected"),
+    [
+        ('{ type = "all_of", of = [] }', "match[0].of", "needs at least one matcher"),
+        (
+            '{ type = "all_of", of = ["ssh", { type = "remote_ip", cidr = 10 }] }',
+            "match[0].of[1].cidr",
+            "found the integer 10, expected a string",
+        ),
+        (
+            '{ type = "any_of", of = ["sh"] }',
+            "match[0].of[0]",
+            'unknown matcher "sh"; expected one of',
+        ),
+        (
+            '{ type = "not", of = ["ssh", "tls"] }',
+            "match[0].of",
+            "takes one matcher (a name or a table), not an array",
+        ),
+        ('{ type = "remote_ip", cidrs = ["10.0.0.0/33"] }', "match[0]", "/33"),
+        ('{ type = "local_port", port = 70000 }', "match[0]", "not a port"),
+        ('{ type = "regex", pattern = "PING$", max_bytes = 8 }', "match[0]", "$"),
+        ('{ type = "websocket", path = "chat" }', "match[0]", "must start with '/'"),
+    ],
+)
+def test_new_matchers_explain_their_mistakes(
+    tmp_path: Path, match: str, key: str, expected: str
+) -> None:
+    route = SSH_ROUTE.replace('["ssh"]', f"[{match}]")
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(message, 'route "ssh"', f'key "{key}"', expected)
+
+
+def test_nested_typos_get_a_suggestion(tmp_path: Path) -> None:
+    route = SSH_ROUTE.replace('["ssh"]', '[{ type = "not", of = "mqt" }]')
+    message = error_of(tmp_path, 'listen = ["tcp:0"]\n' + route)
+    assert_says(message, 'key "match[0].of"', 'did you mean "mqtt"?')
 
 
 GRPC_HEADER = (
@@ -847,7 +917,7 @@ def _documented_parameters(function: object) -> str:
     """A matcher's declared parameters as the docs' table writes them."""
     written = []
     for param in parameters_of(function) or ():  # type: ignore[arg-type]
-        if param.repeats:
+        if param.repeats and param.singular:
             written.append(f"{param.name} ({param.singular})")
         elif param.default in (REQUIRED, None):
             written.append(param.name)

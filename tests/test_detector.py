@@ -538,8 +538,9 @@ def test_routes_ruled_out_by_the_first_byte_are_never_asked() -> None:
         detector.dataReceived(chunk[1:])
     assert ssh.asked == [] and tls.asked == []
     assert web.asked == [b"G", b"GET / HT", b"T", b"TP/1.1\r\n"]
-    assert [i for i, _ in switch.decider.candidates[0x16]] == [1]  # TLS only
-    assert [i for i, _ in switch.decider.candidates[ord("S")]] == [0, 2]  # SSH-, SEARCH
+    assert [i for i, _, _ in switch.decider.candidates[0x16]] == [1]  # TLS only
+    # SSH-, SEARCH
+    assert [i for i, _, _ in switch.decider.candidates[ord("S")]] == [0, 2]
     assert switch.decider.candidates[0x00] == ()
 
 

@@ -34,7 +34,9 @@ import enum
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from ._route import Route
+from twisted.internet.interfaces import IAddress
+
+from ._route import Bound, Matching, Route
 from .matchers._verdict import NEED_MORE, Outcome, Verdict
 
 # Enum members read once: a class attribute lookup on an Enum is slow.
@@ -127,6 +129,9 @@ class Reject(NamedTuple):
 
 Decision = Route | Wait | Reject
 
+# A route in a decider: its priority index, the route, what asks its matchers.
+_Entry = tuple[int, Route, Matching]
+
 
 class Decider:
     """The priority rule over a fixed list of routes, as a pure function.
@@ -138,6 +143,7 @@ class Decider:
 
     __slots__ = (
         "all_routes",
+        "binds",
         "candidates",
         "decides_on_connect",
         "max_bytes",
@@ -152,25 +158,66 @@ class Decider:
     ) -> None:
         self.max_bytes = max_bytes
         self.on_timeout = on_timeout
-        #: Every route with its priority index.
-        self.all_routes: tuple[tuple[int, Route], ...] = tuple(enumerate(routes))
+        #: Every route with its priority index, and what asks its matchers
+        #: (the route itself, or bound to a connection by :meth:`bind`).
+        self.all_routes: tuple[_Entry, ...] = tuple(
+            (i, r, r) for i, r in enumerate(routes)
+        )
+        #: Whether a route's matchers decide on the connection's addresses:
+        #: then each connection is decided by the decider :meth:`bind` makes.
+        self.binds = any(r.depends_on_connection for r in routes)
         # Matchers are pure functions of the bytes, so what the routes make of
         # no bytes at all is the same for every connection: ask once, here.
         # Unless a route decides (any()) or wants to send on connect, the
         # detector need not ask before the first bytes arrive.
         #: Whether a decision can come before the client sends anything.
-        self.decides_on_connect = any(r.verdict(b"") != NEED_MORE for r in routes)
+        # (A route deciding on addresses is left out: for each connection,
+        # :meth:`bind` asks it bound.)
+        self.decides_on_connect = any(
+            r.verdict(b"") != NEED_MORE for r in routes if not r.depends_on_connection
+        )
         # For the same reason, a route that rules out a connection's first
         # byte rules out the connection: for each of the 256 first bytes, the
         # routes still worth asking.  A request starting with "G" skips the
         # gRPC, TLS and SSH matchers entirely.
         #: For each first byte, the routes (with their index) that may match.
-        self.candidates: tuple[tuple[tuple[int, Route], ...], ...] = tuple(
-            tuple(
-                (i, r) for i, r in self.all_routes if r.may_start_with(bytes((first,)))
-            )
+        self.candidates: tuple[tuple[_Entry, ...], ...] = tuple(
+            tuple(e for e in self.all_routes if e[1].may_start_with(bytes((first,))))
             for first in range(256)
         )
+
+    def bind(self, client: IAddress | None, local: IAddress | None) -> Decider:
+        """The decider for one connection from ``client`` to ``local``.
+
+        Itself unless :attr:`binds`.  Else one whose routes' matchers are
+        bound to these addresses (see :meth:`Route.bind`): a route none of
+        whose matchers can match them is ruled out before any byte, and
+        the first-byte table is not used (it was made before any address
+        was known), so every remaining route is asked.
+        """
+        if not self.binds:
+            return self
+        bound = Decider.__new__(Decider)
+        bound.max_bytes = self.max_bytes
+        bound.on_timeout = self.on_timeout
+        bound.binds = False
+        on_connect = self.decides_on_connect  # what the other routes make of b""
+        entries: list[_Entry] = []
+        for entry in self.all_routes:
+            route = entry[1]
+            if not route.depends_on_connection:
+                entries.append(entry)
+                continue
+            matching = route.bind(client, local)
+            if isinstance(matching, Bound) and matching.never:
+                continue
+            entries.append((entry[0], route, matching))
+            on_connect = on_connect or matching.verdict(b"") != NEED_MORE
+        bound.all_routes = found = tuple(entries)
+        # With no route left, and none for silent clients, close at once.
+        bound.decides_on_connect = on_connect or (not found and self.on_timeout is None)
+        bound.candidates = (found,) * 256
+        return bound
 
     def decide(
         self,
@@ -193,10 +240,12 @@ class Decider:
         undecided_at_limit = False
         probes: list[Verdict] = []
         died: list[int] = []
-        for index, route in self.candidates[data[0]] if data else self.all_routes:
+        for index, route, matching in (
+            self.candidates[data[0]] if data else self.all_routes
+        ):
             if index in ruled_out:
                 continue
-            verdict = route.verdict(data)
+            verdict = matching.verdict(data)
             outcome = verdict.outcome
             if outcome is _MATCH:
                 if not pending:

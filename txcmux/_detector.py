@@ -24,12 +24,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._connections import DRAINING, MAX_PER_IP, ROUTE_MAX_CONNECTIONS
-from ._decision import Reason, Reject, Stat, Wait, closed
+from ._decision import Decider, Reason, Reject, Stat, Wait, closed
 from ._handoff import Handoff, IHandoffReceiver, install, present_client
 from ._log import SHOWN_BYTES, describe_peer, log
 from ._prelude import PreludeRead
-from ._route import FilterChain, Route
-from .matchers._verdict import AnswerFilter, Verdict
+from ._route import Route
+from .matchers._verdict import AnswerFilter, FilterChain, Verdict
 
 if TYPE_CHECKING:
     from ._factory import ProtocolSwitchingFactory
@@ -76,6 +76,9 @@ class Detector(Protocol):
     _prelude_info: object = None
     _started = 0.0
     _ip: str | None = None  # the client address the per-IP limit counts
+    # The decider bound to this connection's addresses, where a route's
+    # matchers decide on them; else the factory's, shared by every connection.
+    _bound: Decider | None = None
 
     def __init__(self, switch: ProtocolSwitchingFactory, address: IAddress) -> None:
         self._switch = switch
@@ -104,7 +107,7 @@ class Detector(Protocol):
             switch.deadlines.add(self)
         if switch.prelude is not None:
             self._in_prelude = True
-        elif switch.decider.decides_on_connect:
+        elif self._decider(None).decides_on_connect:
             self._decide()
 
     def dataReceived(self, data: bytes) -> None:
@@ -188,7 +191,8 @@ class Detector(Protocol):
                 self.transport, result.client, result.destination, result.info
             )
             self._buffer = buffered[result.consumed :]
-            if self._buffer or eof or self._switch.decider.decides_on_connect:
+            decider = self._decider(result)
+            if self._buffer or eof or decider.decides_on_connect:
                 self._decide(eof)
         elif len(buffered) >= prelude.max_bytes:
             self._reject(
@@ -210,7 +214,8 @@ class Detector(Protocol):
 
     def _decide(self, eof: bool = False) -> None:
         """Ask the decision step about the bytes so far; act on the answer."""
-        decision = self._switch.decider.decide(self._buffer, eof, self._ruled_out)
+        decider = self._bound or self._switch.decider
+        decision = decider.decide(self._buffer, eof, self._ruled_out)
         if type(decision) is Route:
             self._hand_over(decision, eof)
         elif type(decision) is Wait:
@@ -223,6 +228,24 @@ class Detector(Protocol):
         else:
             assert isinstance(decision, Reject)
             self._reject(decision)
+
+    def _decider(self, prelude: PreludeRead | None) -> Decider:
+        """The decider for this connection, bound to its addresses if need be.
+
+        Called once, when matching starts (after the ``prelude``, if the
+        listener reads one: its client and destination are the addresses).
+        """
+        decider = self._switch.decider
+        if not decider.binds:
+            return decider
+        local = prelude.destination if prelude is not None else None
+        if local is None and self.transport is not None:
+            try:
+                local = self.transport.getHost()
+            except Exception:  # an odd test transport: no local address known
+                local = None
+        self._bound = decider = decider.bind(self._peer(), local)
+        return decider
 
     def timed_out(self) -> None:
         """The sniff timeout passed undecided: reject, or hand to ``on_timeout``."""

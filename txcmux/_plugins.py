@@ -46,6 +46,22 @@ BUILTIN_MATCHERS: Mapping[str, Callable[..., _matchers.Matcher]] = {
     "grpc": _matchers.grpc,
     "tls": _matchers.tls,
     "ssh": _matchers.ssh,
+    "regex": _matchers.regex,
+    "websocket": _matchers.websocket,
+    "socks4": _matchers.socks4,
+    "socks5": _matchers.socks5,
+    "mqtt": _matchers.mqtt,
+    "xmpp": _matchers.xmpp,
+    "openvpn": _matchers.openvpn,
+    "rdp": _matchers.rdp,
+    "amqp": _matchers.amqp,
+    "remote_ip": _matchers.remote_ip,
+    "local_ip": _matchers.local_ip,
+    "local_port": _matchers.local_port,
+    "all_of": _matchers.all_of,
+    "any_of": _matchers.any_of,
+    # not is a Python keyword: the function is not_, the config name "not".
+    "not": _matchers.not_,
 }
 
 

@@ -8,6 +8,14 @@ the keys are checked against the parameters the function declares with
 
 A plugin function that declares nothing takes the parameters of its
 signature, each value passed as TOML gives it (a string stays a ``str``).
+
+The parameters a combinator marks as taking matchers (``all_of``'s and
+``not``'s ``of``) hold entries of the same kind, built first, at any depth::
+
+    { type = "all_of", of = [
+        { type = "tls", sni = "admin.example.com" },
+        { type = "remote_ip", cidrs = ["10.0.0.0/8"] },
+    ] }
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ def matcher_entry(
     except ConfigurationError as error:
         name_where.fail(str(error))
     params, open_ended = _parameters(function)
+    given = _inner_matchers(where, function, given, registry)
     listed = ", ".join(k for p in params for k in p.keys) or "none"
     form = (
         f"; write it as a table, e.g. {{ type = {quote(name)}, ... }}"
@@ -92,6 +101,37 @@ def matcher_entry(
             " and max_bytes)"
         )
     return MatcherConfig(_written(item), matcher)
+
+
+def _inner_matchers(
+    where: Where,
+    function: Callable[..., object],
+    given: dict[str, object],
+    registry: MatcherRegistry,
+) -> dict[str, object]:
+    """``given`` with the entries of parameters that take matchers built."""
+    built = dict(given)
+    declared = {param.name: param for param in parameters_of(function) or ()}
+    for key in getattr(function, "txcmux_matcher_parameters", ()):
+        if key not in built:
+            continue
+        value, at = built[key], where.at(key)
+        one = key in declared and not declared[key].repeats
+        if one and isinstance(value, list):
+            at.fail(
+                "takes one matcher (a name or a table), not an array; for"
+                ' several, write { type = "any_of", of = [...] } or "all_of"'
+            )
+        if isinstance(value, list):
+            if not value:
+                at.fail('needs at least one matcher, as in of = ["http1", "ssh"]')
+            built[key] = [
+                matcher_entry(at.item(i), item, registry).matcher
+                for i, item in enumerate(value)
+            ]
+        else:
+            built[key] = matcher_entry(at, value, registry).matcher
+    return built
 
 
 def _parameters(function: Callable[..., object]) -> tuple[tuple[Param, ...], bool]:
@@ -209,4 +249,6 @@ def _toml(value: object) -> str:
         return quote(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return _written(value)
     return str(value)

@@ -10,10 +10,16 @@ bytes a client has sent so far and that answers ``MATCH``, ``NO_MATCH`` or
     >>> matchers.ssh()(b"SSH-2").outcome.value
     'need more'
 
+Some decide on the connection's addresses rather than its bytes
+(:func:`remote_ip`, :func:`local_ip`, :func:`local_port`); combinators
+(:func:`all_of`, :func:`any_of`, :func:`not_`) build matchers from matchers.
+
 Write your own with :class:`FunctionMatcher`; make one usable by name from
 config files through the ``txcmux.matchers`` entry-point group.
 """
 
+from ._address import local_ip, local_port, remote_ip
+from ._combinators import all_of, any_of, not_
 from ._extra import postgres, redis
 from ._http1 import http1, http1_fast, http1_header
 from ._http2 import (
@@ -25,6 +31,8 @@ from ._http2 import (
     http2_header,
 )
 from ._params import Param, parameters
+from ._protocols import amqp, mqtt, openvpn, rdp, socks4, socks5, websocket, xmpp
+from ._regex import regex
 from ._simple import any_, prefix, ssh
 from ._tls import ClientHello, parse_client_hello, tls
 from ._verdict import (
@@ -56,18 +64,33 @@ __all__ = [
     "Param",
     "SettingsAckFilter",
     "Verdict",
+    "all_of",
+    "amqp",
     "any",
+    "any_of",
     "grpc",
     "http1",
     "http1_fast",
     "http1_header",
     "http2",
     "http2_header",
+    "local_ip",
+    "local_port",
+    "mqtt",
+    "not_",
+    "openvpn",
     "parameters",
     "parse_client_hello",
     "postgres",
     "prefix",
+    "rdp",
     "redis",
+    "regex",
+    "remote_ip",
+    "socks4",
+    "socks5",
     "ssh",
     "tls",
+    "websocket",
+    "xmpp",
 ]

@@ -16,7 +16,7 @@ split into reads.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -124,3 +124,38 @@ class FunctionMatcher:
 
     def __repr__(self) -> str:
         return f"<Matcher {self.name}>"
+
+
+def combine(verdicts: Sequence[Verdict]) -> Verdict:
+    """One ``NEED_MORE`` verdict sending what each of ``verdicts`` sends, once.
+
+    >>> from txcmux import matchers
+    >>> probe = matchers.grpc()(matchers.PREFACE)
+    >>> combine([probe, probe]) is probe
+    True
+    """
+    distinct = list({v.send: v for v in verdicts}.values())
+    if len(distinct) == 1:
+        return distinct[0]
+    filters = [v.answer_filter for v in distinct if v.answer_filter is not None]
+    return Verdict(
+        Outcome.NEED_MORE,
+        b"".join(v.send for v in distinct),
+        (lambda: FilterChain([make() for make in filters])) if filters else None,
+    )
+
+
+class FilterChain:
+    """Several answer filters applied one after the other."""
+
+    __slots__ = ("_filters", "done")
+
+    def __init__(self, filters: list[AnswerFilter]) -> None:
+        self._filters = filters
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        for answer_filter in self._filters:
+            data = answer_filter.feed(data)
+        self.done = all(f.done for f in self._filters)
+        return data

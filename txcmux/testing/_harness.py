@@ -110,13 +110,20 @@ class InMemoryConnection:
     can hand the connection over as it does on a real socket.
     """
 
-    def __init__(self, harness: SwitchHarness) -> None:
+    def __init__(
+        self,
+        harness: SwitchHarness,
+        peer: IAddress | None = None,
+        host: IAddress | None = None,
+    ) -> None:
         self._harness = harness
-        self.transport = _SocketLikeTransport()  # type: ignore[no-untyped-call]
+        self.transport = _SocketLikeTransport(  # type: ignore[no-untyped-call]
+            hostAddress=host, peerAddress=peer
+        )
         self._rejections_before = len(harness.rejections)
         self._lost = False
-        peer: IAddress = self.transport.getPeer()  # type: ignore[no-untyped-call]
-        detector: IProtocol = harness.factory.buildProtocol(peer)
+        address: IAddress = self.transport.getPeer()  # type: ignore[no-untyped-call]
+        detector: IProtocol = harness.factory.buildProtocol(address)
         self.transport.protocol = detector
         detector.makeConnection(self.transport)
         self._settle()
@@ -234,18 +241,33 @@ class SwitchHarness:
         """The factory's counters (``accepted``, ``routed.<name>``, ...)."""
         return self.factory.stats
 
-    def connect(self) -> InMemoryConnection:
-        """A new client connection, to feed step by step."""
-        connection = InMemoryConnection(self)
+    def connect(
+        self, peer: IAddress | None = None, host: IAddress | None = None
+    ) -> InMemoryConnection:
+        """A new client connection, to feed step by step.
+
+        ``peer`` is the client's address and ``host`` the one it connected
+        to, for matchers such as :func:`~txcmux.matchers.remote_ip`; by
+        default ``StringTransport``'s, 192.168.1.1 port 54321 and 10.0.0.1
+        port 12345.
+        """
+        connection = InMemoryConnection(self, peer, host)
         self._connections.add(connection)
         return connection
 
-    def feed(self, *pieces: bytes, eof: bool = False) -> ConnectionReport:
+    def feed(
+        self,
+        *pieces: bytes,
+        eof: bool = False,
+        peer: IAddress | None = None,
+        host: IAddress | None = None,
+    ) -> ConnectionReport:
         """Open a connection, send ``pieces`` (one read each), report on it.
 
-        With ``eof`` the client then shuts down its sending side.
+        With ``eof`` the client then shuts down its sending side; ``peer``
+        and ``host`` are as for :meth:`connect`.
         """
-        connection = self.connect()
+        connection = self.connect(peer, host)
         connection.send(*pieces)
         if eof:
             connection.close_write()
