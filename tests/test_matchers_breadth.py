@@ -14,10 +14,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
-from txcmux import matchers
+from txcmux import ProtocolSwitchingFactory, Route, matchers
 from txcmux.matchers import EMPTY_SETTINGS, PREFACE, Outcome
-from txcmux.testing import SwitchHarness, assert_well_behaved, capture
+from txcmux.proxy import ProxyPrelude, build_v1, build_v2
+from txcmux.testing import (
+    RecordingFactory,
+    SwitchHarness,
+    assert_well_behaved,
+    capture,
+)
 
 M, N, W = Outcome.MATCH, Outcome.NO_MATCH, Outcome.NEED_MORE
 
@@ -425,3 +433,37 @@ def test_combinators_refuse_what_is_not_a_matcher() -> None:
         matchers.all_of()
     with pytest.raises(ValueError, match="is not a matcher"):
         matchers.any_of("ssh")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_after_a_proxy_header_the_addresses_are_the_ones_it_named(
+    version: str,
+) -> None:
+    build = build_v1 if version == "v1" else build_v2
+    balancer = v4("10.0.0.5")  # inside 10.0.0.0/8 itself: the header must win
+    targets = {name: RecordingFactory(name) for name in ("admin", "alt", "web")}
+    switch = ProtocolSwitchingFactory(
+        [
+            Route("admin", matchers.remote_ip("10.0.0.0/8"), targets["admin"]),
+            Route("alt", matchers.local_port(9443), targets["alt"]),
+            Route("web", matchers.http1(), targets["web"]),
+        ],
+        prelude=ProxyPrelude("required", ["10.0.0.0/8"]),
+        clock=Clock(),
+    )
+
+    def connect(client: IPv4Address, front: IPv4Address) -> str:
+        transport = StringTransport(peerAddress=balancer, hostAddress=LOCAL)
+        detector = switch.buildProtocol(balancer)
+        transport.protocol = detector
+        detector.makeConnection(transport)
+        stream = build(client, front) + HTTP1
+        for start in range(len(stream)):  # one byte per read
+            detector.dataReceived(stream[start : start + 1])
+        [name] = [n for n, f in targets.items() if f.built]
+        targets[name].built.clear()
+        return name
+
+    assert connect(v4("10.9.9.9"), v4("198.51.100.1", 443)) == "admin"
+    assert connect(v4("192.0.2.7"), v4("198.51.100.1", 9443)) == "alt"
+    assert connect(v4("192.0.2.7"), v4("198.51.100.1", 443)) == "web"
