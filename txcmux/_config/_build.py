@@ -57,6 +57,7 @@ from ._schema import (
     load,
 )
 from ._values import Where, importable_from
+from ._workers import AdoptedEndpoint, WorkerSetup
 
 if TYPE_CHECKING:
     from ..grpcserver import GrpcServer
@@ -437,9 +438,12 @@ class CmuxService(service.MultiService):
         reactor: Any,
         port_file: str | None = None,
         listen: Sequence[str] | None = None,
+        worker: WorkerSetup | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
+        #: How this process was started, if it is a worker of ``workers = N``.
+        self.worker = worker
         self.generation = generation
         #: Earlier generations whose connections are still open.
         self.retired: list[Generation] = []
@@ -464,7 +468,11 @@ class CmuxService(service.MultiService):
         ]
         self.admin: _Listener | None = None
         if config.admin is not None:
-            self.admin = self._admin_listener(config.admin.listen)
+            self.admin = self._admin_listener(
+                config.admin.listen
+                if worker is None or worker.admin_socket is None
+                else f"unix:{worker.admin_socket}"
+            )
 
     @property
     def muxes(self) -> list[ProtocolSwitchingFactory]:
@@ -479,8 +487,16 @@ class CmuxService(service.MultiService):
     def _listener(
         self, index: int, config: ListenerConfig, mux: ProtocolSwitchingFactory
     ) -> _Listener:
-        where = self.config.listen_where.item(index)
-        endpoint = listen_endpoint(where, self.reactor, config.endpoint)
+        endpoint: IStreamServerEndpoint
+        if self.worker is not None:  # the supervisor's socket, passed down
+            endpoint = AdoptedEndpoint(
+                self.reactor,
+                self.worker.fd(index),
+                haproxy=config.endpoint.startswith("haproxy:"),
+            )
+        else:
+            where = self.config.listen_where.item(index)
+            endpoint = listen_endpoint(where, self.reactor, config.endpoint)
         return _Listener(config.endpoint, endpoint, _Front(mux), config)
 
     def _admin_listener(self, description: str) -> _Listener:
@@ -521,9 +537,18 @@ class CmuxService(service.MultiService):
         all_up.addCallbacks(lambda _: self._started(), self._not_started)
 
     def handle_signals(self) -> None:
-        """SIGHUP reloads the config file; SIGTERM while draining cuts it short."""
+        """SIGHUP reloads the config file; SIGTERM while draining cuts it short.
+
+        A worker also stops (draining) once its supervisor is gone.
+        """
         self._signals = True
         install_signal_handler(signal.SIGHUP, self.reactor, self._on_sighup)
+        if self.worker is not None:
+            self.worker.watch_supervisor(self.reactor, self._supervisor_gone)
+
+    def _supervisor_gone(self) -> None:
+        if self.state in ("starting", "serving"):
+            self.reactor.stop()
 
     def _on_sighup(self) -> None:
         self.reload()
@@ -532,6 +557,8 @@ class CmuxService(service.MultiService):
         if self.state == "starting":
             self.state = "serving"
         self._log_listening("listening on")
+        if self.worker is not None:
+            self.worker.report("ready")
         if self.port_file is not None:
             lines = [listener.port_file_line() for listener in self.listeners]
             partial = Path(self.port_file + ".partial")
@@ -620,6 +647,14 @@ class CmuxService(service.MultiService):
             )
             if config.admin != self.config.admin:
                 self._warn_kept("the [admin] table")
+            if config.workers != self.config.workers:
+                self._warn_kept("workers")
+            if self.worker is not None and config.listen != self.config.listen:
+                raise ConfigurationError(
+                    f'{source}: key "listen": with workers, the listeners are'
+                    " the supervisor's sockets; a listener added, removed or"
+                    " changed takes effect after a restart"
+                )
             new_listeners = self._relisten(config, generation)
         except (ConfigurationError, ListenError) as error:
             self.reload_error = str(error)
@@ -628,6 +663,8 @@ class CmuxService(service.MultiService):
                 error=self.reload_error,
             )
             notify_systemd("READY=1", "STATUS=reload refused")
+            if self.worker is not None:
+                self.worker.report(f"refused {self.reload_error}")
             return False
         old = self.generation
         before = {
@@ -660,6 +697,8 @@ class CmuxService(service.MultiService):
         self._retire_idle()
         self._log_listening("reloaded; listening on")
         notify_systemd("READY=1", f"STATUS=serving {config.summary()}")
+        if self.worker is not None:
+            self.worker.report(f"reloaded generation {generation.number}")
         return True
 
     def _warn_kept(self, what: str) -> None:
@@ -803,6 +842,7 @@ def make_service(
     reactor: Any = None,
     port_file: str | None = None,
     listen: Sequence[str] | None = None,
+    worker: WorkerSetup | None = None,
 ) -> CmuxService:
     """Build the factories of ``config`` into a service that is not started yet.
 
@@ -827,4 +867,5 @@ def make_service(
         reactor=reactor,
         port_file=port_file,
         listen=listen,
+        worker=worker,
     )

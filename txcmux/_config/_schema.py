@@ -259,6 +259,7 @@ class Config:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     admin: AdminConfig | None = None
     log_decisions: bool = False
+    workers: int = 1
     warnings: tuple[str, ...] = ()
     listen_where: Where = field(default=Where("<config>", key="listen"), repr=False)
 
@@ -609,6 +610,7 @@ TOP_LEVEL_KEYS = {
         None,
     ),
     "log_decisions": Key(boolean, False),
+    "workers": Key(positive_int, 1),
     **PROXY_KEYS,
     **LIMIT_KEYS,
 }
@@ -709,6 +711,7 @@ def validate(
         drain_timeout=values["drain_timeout"],
         admin=values["admin"],
         log_decisions=values["log_decisions"],
+        workers=values["workers"],
         warnings=tuple(warnings),
         listen_where=listen_where,
     )

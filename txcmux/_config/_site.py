@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 
 class AdminSource(Protocol):
@@ -54,7 +54,22 @@ class _Page(Resource):
             request.setHeader(b"allow", b"GET, HEAD")
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"only GET and HEAD\n"
-        return self.answer(request)
+        refresh = getattr(self.source, "refresh", None)
+        if refresh is None:
+            return self.answer(request)
+        # A source gathered from elsewhere (a supervisor's workers) is
+        # fetched first.
+        finished = request.notifyFinish()
+        finished.addErrback(lambda failure: None)  # the client went away
+
+        def answer(result: object) -> None:
+            if not finished.called:
+                request.write(self.answer(request))
+                request.finish()
+
+        refresh().addBoth(answer)
+        done: bytes = NOT_DONE_YET  # type: ignore[assignment]
+        return done
 
     def answer(self, request: Any) -> bytes:
         raise NotImplementedError
@@ -90,7 +105,9 @@ class _Health(_Page):
 class _StatusPage(_Page):
     def answer(self, request: Any) -> bytes:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        return render_status(self.source.status()).encode()
+        render = getattr(self.source, "page", render_status)
+        page: str = render(self.source.status())
+        return page.encode()
 
 
 class _Root(Resource):
@@ -301,3 +318,63 @@ def render_status(status: dict[str, Any]) -> str:
     )
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def render_workers(status: dict[str, Any]) -> str:
+    """The status page of a supervisor (``workers = N``): one row per worker.
+
+    >>> page = render_workers({"supervisor": {"state": "serving", "pid": 7},
+    ...     "workers": [{"index": 0, "pid": 8, "state": "ready", "restarts": 1,
+    ...                  "status": {"listeners": [{"accepted": 3, "active": 1}]}}]})
+    >>> "<td class=\\"n\\">3</td>" in page and "supervisor" in page
+    True
+    """
+    supervisor = status.get("supervisor", {})
+    state = str(supervisor.get("state", "unknown"))
+    rows = []
+    for worker in status.get("workers", []):
+        own = worker.get("status") or {}
+        listeners = own.get("listeners", [])
+        rows.append(
+            [
+                _e(worker.get("index")),
+                _e(worker.get("pid")),
+                f"<span class='state {_e(worker.get('state'))}'>"
+                f"{_e(worker.get('state'))}</span>",
+                _e(sum(item.get("accepted", 0) for item in listeners)),
+                _e(sum(item.get("active", 0) for item in listeners)),
+                _e(worker.get("restarts")),
+                _e(worker.get("last_exit") or ""),
+                _e(worker.get("last_reload") or ""),
+            ]
+        )
+    return "".join(
+        [
+            "<!doctype html><html><head><meta charset='utf-8'>",
+            '<meta http-equiv="refresh" content="5">',
+            f"<title>txcmux supervisor</title><style>{_STYLE}</style></head><body>",
+            "<h1>txcmux supervisor"
+            f" <span class='state {_e(state)}'>{_e(state)}</span></h1>",
+            f"<p class='meta'>pid {_e(supervisor.get('pid'))} &middot; config"
+            f" <code>{_e(supervisor.get('config'))}</code></p>",
+            "<h2>Workers</h2>",
+            _table(
+                [
+                    "worker",
+                    "pid",
+                    "state",
+                    "accepted",
+                    "open",
+                    "restarts",
+                    "last exit",
+                    "last reload",
+                ],
+                rows,
+                {0, 1, 3, 4, 5},
+            ),
+            "<p class='meta'>Each worker's own listeners, routes and rejections"
+            " are in <a href='/status.json'>/status.json</a>; its metrics in"
+            " <a href='/metrics'>/metrics</a>, labelled <code>worker</code>.</p>",
+            "</body></html>",
+        ]
+    )

@@ -17,6 +17,7 @@ status 1, before twistd writes its pid file or daemonizes.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 from twisted.application.service import IService
@@ -25,7 +26,8 @@ from twisted.python import usage
 
 from .._errors import ConfigurationError, ListenError
 from ._build import CmuxService, make_service
-from ._schema import load
+from ._schema import Config, load
+from ._workers import Supervisor, WorkerSetup
 
 _log = Logger(namespace="txcmux")
 
@@ -46,6 +48,8 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "The TOML config file to run."],
+        ["worker", None, None, "(Set by the supervisor of workers = N.)"],
+        ["worker-admin", None, None, "(Set by the supervisor of workers = N.)"],
         [
             "port-file",
             None,
@@ -66,7 +70,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
-        self.service: CmuxService | None = None
+        self.service: CmuxService | Supervisor | None = None
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen here instead of the config's listen (repeatable): tcp:9000"""
@@ -90,9 +94,15 @@ class Options(usage.Options):
                     _log.info("txcmux: {note}", note=LOOPBACK_NOTE)
             else:
                 config = load(path, listen=listen)
-            self.service = make_service(
-                config, port_file=self["port-file"], listen=listen
-            )
+            if self["worker"] is not None:
+                worker = WorkerSetup(int(self["worker"]), self["worker-admin"])
+                self.service = make_service(config, listen=listen, worker=worker)
+            elif config.workers > 1 and not self["check"]:
+                self.service = self._supervisor(config, path, listen)
+            else:
+                self.service = make_service(
+                    config, port_file=self["port-file"], listen=listen
+                )
         except ConfigurationError as error:
             _fail(str(error))
         if self["check"]:
@@ -103,6 +113,36 @@ class Options(usage.Options):
         if path is not None and str(config.base_dir) not in sys.path:
             # The running service may import from next to its file at any time.
             sys.path.append(str(config.base_dir))
+
+    def _supervisor(
+        self, config: Config, path: str | None, listen: list[str] | None
+    ) -> Supervisor:
+        """The supervisor of ``workers = N``, started the way twistd was."""
+        from twisted.internet import reactor
+
+        twistd = getattr(self, "parent", None)
+        if path is None:
+            raise ConfigurationError("workers needs --config FILE")
+        if twistd is not None and not twistd["nodaemon"]:
+            raise ConfigurationError(
+                f'{path}: key "workers": the workers log to twistd\'s output:'
+                " run twistd -n (in the foreground, as systemd does)"
+            )
+        # Build it once here, as --check does, so that what only building
+        # shows (an unreadable certificate) stops start-up in one line
+        # instead of failing every worker.
+        make_service(config, listen=listen)
+        passed = []
+        if twistd is not None and twistd.get("logger"):
+            passed.append(f"--logger={twistd['logger']}")
+        return Supervisor(
+            config,
+            reactor=reactor,
+            path=str(Path(path).resolve()),
+            listen=listen,
+            port_file=self["port-file"],
+            twistd_options=passed,
+        )
 
 
 def _fail(message: str) -> NoReturn:
@@ -122,7 +162,7 @@ def makeService(options: Any) -> IService:
     one line on stderr and exit status 1 in both modes, with no pid file;
     the daemon inherits the listening sockets across the fork.
     """
-    service: CmuxService | None = options.service
+    service: CmuxService | Supervisor | None = options.service
     assert service is not None, "Options.postOptions builds the service"
     try:
         service.listen_now()
