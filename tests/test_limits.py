@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
@@ -235,3 +238,61 @@ def test_recent_rejections_are_kept_newest_last_and_bounded() -> None:
     recent = list(mux.factory.recent)
     assert len(recent) == 20
     assert recent[-1].data == b"\x0024"
+
+
+# -- out of file descriptors ---------------------------------------------------
+
+
+class _Port:
+    reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+def test_accepting_pauses_near_the_descriptor_limit_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from txcmux import _process
+
+    listed = tmp_path / "fd"  # stands in for /proc/self/fd
+    listed.mkdir()
+    monkeypatch.setattr(_process, "_OPEN_FDS", str(listed))
+    monkeypatch.setattr(_process, "_soft_fd_limit", lambda: 400)
+    clock, port = Clock(), _Port()
+    watch = _process.DescriptorWatch(clock, lambda: [port])
+    assert watch.low == 20  # a twentieth of 400
+
+    def open_fds(count: int) -> None:
+        for item in listed.iterdir():
+            item.unlink()
+        for i in range(count):
+            (listed / str(i)).touch()
+
+    open_fds(100)
+    with captured_logs() as logs:
+        watch.start()
+        assert port.reading and not watch.paused
+        open_fds(381)  # 19 free: under 20
+        clock.advance(1)
+        assert not port.reading and watch.paused and watch.pauses == 1
+        clock.advance(0.2)  # paused, it looks again every 0.2 s
+        open_fds(361)  # 39 free: not yet twice 20
+        clock.advance(0.2)
+        assert not port.reading
+        open_fds(360)
+        clock.advance(0.2)
+        assert port.reading and not watch.paused
+    about = [line for line in logs if "file descriptors" in line]
+    assert len(about) == 2
+    assert "381 of 400 file descriptors open" in about[0]
+    assert "until 40 are free" in about[0]
+    assert "40 file descriptors free again: accepting" in about[1]
+    open_fds(390)
+    clock.advance(1)
+    assert not port.reading
+    watch.stop()  # a drain stops the watch: the ports are closed anyway
+    assert port.reading and clock.getDelayedCalls() == []

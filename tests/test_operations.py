@@ -593,17 +593,37 @@ def test_out_of_file_descriptors_it_neither_spins_nor_dies(
         for _ in range(100):
             flood.append(socket.create_connection(("127.0.0.1", port), timeout=10))
         wait_for(
-            lambda: "EMFILE" in (tmp_path / "twistd.log").read_text(),
-            "twistd to run out of file descriptors",
+            lambda: (
+                "not accepting new connections until"
+                in (tmp_path / "twistd.log").read_text()
+            ),
+            "twistd to pause accepting, out of file descriptors",
         )
         before = cpu_seconds(process.pid)
         time.sleep(2)  # a window to measure CPU in: a busy loop would fill it
         spent = cpu_seconds(process.pid) - before
         assert spent < 0.5, f"{spent:.2f} s of CPU in 2 s while out of descriptors"
         assert process.poll() is None
+        # Paused, a new client waits in the listen backlog: not accepted and
+        # closed, but served once descriptors are free again.
+        waiting = socket.create_connection(("127.0.0.1", port), timeout=10)
+        waiting.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         for sock in flood:
             sock.close()
         flood = []
+        wait_for(
+            lambda: (
+                "file descriptors free again: accepting"
+                in (tmp_path / "twistd.log").read_text()
+            ),
+            "twistd to accept again",
+        )
+        waiting.settimeout(10)
+        answer = b""
+        while chunk := waiting.recv(65536):
+            answer += chunk
+        waiting.close()
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello\n")
         assert curl(port, "/hello") == "hello\n"
     finally:
         for sock in flood:

@@ -41,7 +41,7 @@ from .._compat import clear_sigterm_exit
 from .._drain import finish
 from .._errors import ConfigurationError, ListenError
 from .._factory import ProtocolSwitchingFactory
-from .._process import install_signal_handler, notify_systemd
+from .._process import DescriptorWatch, install_signal_handler, notify_systemd
 from .._route import Route
 from ._endpoints import listen_endpoint
 from ._schema import (
@@ -466,6 +466,10 @@ class CmuxService(service.MultiService):
                 zip(config.listeners, generation.muxes, strict=True)
             )
         ]
+        #: Pauses accepting while nearly out of file descriptors.
+        self.descriptors = DescriptorWatch(
+            reactor, lambda: [x.port for x in self.listeners if x.port is not None]
+        )
         self.admin: _Listener | None = None
         if config.admin is not None:
             self.admin = self._admin_listener(
@@ -566,6 +570,7 @@ class CmuxService(service.MultiService):
             os.replace(partial, self.port_file)
         notify_systemd("READY=1", f"STATUS=serving {self.config.summary()}")
         self._check_descriptors()
+        self.descriptors.start()
 
     def _check_descriptors(self) -> None:
         """Warn when the limits allow more connections than file descriptors."""
@@ -764,6 +769,7 @@ class CmuxService(service.MultiService):
         notify_systemd("STOPPING=1")
         if self._signals:
             install_signal_handler(signal.SIGTERM, self.reactor, self._cut)
+        self.descriptors.stop()
         for listener in self.listeners:
             listener.stop()
         closed = sum(

@@ -28,7 +28,8 @@ file writes it, ``route`` the route's name):
 - ``tls_handshakes_total{route}``, ``tls_failures_total{route,reason}``;
 - ``config_generation``, ``config_loaded_timestamp_seconds``,
   ``config_reload_failed`` (1 while the last reload was refused),
-  ``draining``;
+  ``draining``, ``accept_paused`` (1 while out of file descriptors) and
+  ``accept_pauses_total``;
 - and prometheus_client's ``process_*`` and ``python_*`` metrics.
 """
 
@@ -329,7 +330,17 @@ class _Collector:
         failed.add_metric([], 1 if service.reload_error else 0)
         draining = GaugeMetricFamily(p + "draining", "1 while the service drains.")
         draining.add_metric([], 1 if service.state == "draining" else 0)
-        yield from (generation, loaded, failed, draining)
+        paused = GaugeMetricFamily(
+            p + "accept_paused",
+            "1 while accepting is paused for want of file descriptors.",
+        )
+        paused.add_metric([], 1 if service.descriptors.paused else 0)
+        pauses = CounterMetricFamily(
+            p + "accept_pauses",
+            "How often accepting was paused for want of file descriptors.",
+        )
+        pauses.add_metric([], service.descriptors.pauses)
+        yield from (generation, loaded, failed, draining, paused, pauses)
 
     def _targets(self) -> Iterator[Metric]:
         p = "txcmux_"
