@@ -582,6 +582,11 @@ class OnePortTests(unittest.TestCase):
                 "x509_client": None,
             },
         )
+        # Counted: what the client sent, encrypted (its ClientHello and the
+        # rest), and what the handler wrote, before encryption.
+        stats = self.server.tls.stats
+        self.assertGreater(stats["bytes_in"], 200)
+        self.assertEqual(stats["bytes_out"], len(body))
 
     @as_deferred
     async def test_grpc_over_tls(self) -> None:

@@ -25,7 +25,9 @@ file writes it, ``route`` the route's name):
   ``relay_bytes_total{route,direction}`` (``up``: client to backend, added
   when a connection ends), ``relay_connections_open{route}``,
   ``backend_connect_seconds{route}`` histogram;
-- ``tls_handshakes_total{route}``, ``tls_failures_total{route,reason}``;
+- ``tls_handshakes_total{route}``, ``tls_failures_total{route,reason}``,
+  ``tls_bytes_total{route,direction}`` (``in``: from the clients, encrypted;
+  ``out``: from the targets, before encryption);
 - ``config_generation``, ``config_loaded_timestamp_seconds``,
   ``config_reload_failed`` (1 while the last reload was refused),
   ``draining``, ``accept_paused`` (1 while out of file descriptors) and
@@ -367,6 +369,12 @@ class _Collector:
             "TLS connections closed before the handshake completed, by reason.",
             labels=["route", "reason"],
         )
+        tls_bytes = CounterMetricFamily(
+            p + "tls_bytes",
+            "Bytes through TLS routes: in, as the clients sent them (encrypted);"
+            " out, as the targets behind sent them (before encryption).",
+            labels=["route", "direction"],
+        )
         from ..relay import RelayFactory
         from ..tls import TLSTerminationFactory
 
@@ -388,12 +396,15 @@ class _Collector:
                 relay_open.add_metric([name], factory.active)
             elif isinstance(factory, TLSTerminationFactory):
                 handshakes.add_metric([name], stats["handshakes"])
+                tls_bytes.add_metric([name, "in"], stats["bytes_in"])
+                tls_bytes.add_metric([name, "out"], stats["bytes_out"])
                 for key, value in stats.items():
                     if key.startswith("closed."):
                         tls_failures.add_metric(
                             [name, key.removeprefix("closed.")], value
                         )
         yield from (relay, relay_bytes, relay_open, handshakes, tls_failures)
+        yield tls_bytes
         yield _histogram(
             p + "backend_connect_seconds",
             "Time a relay's backend took to accept.",

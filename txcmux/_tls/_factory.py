@@ -149,8 +149,11 @@ class _TerminatingTLS(_compat.HalfClosingTLSTransport):
 
     _checked = False
     _head = b""
+    #: The owning factory's counters (``bytes_in``, ``bytes_out``).
+    stats: Counter[str]
 
     def dataReceived(self, data: bytes) -> None:
+        self.stats["bytes_in"] += len(data)
         if not self._checked:
             self._head += data[:6]
             verdict = _record_start_verdict(self._head)
@@ -168,6 +171,10 @@ class _TerminatingTLS(_compat.HalfClosingTLSTransport):
                 self._checked = True
                 del self._head
         super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def _write(self, data: bytes) -> None:
+        self.stats["bytes_out"] += len(data)
+        super()._write(data)
 
 
 @implementer(IHandshakeListener)
@@ -437,7 +444,9 @@ class TLSTerminationFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> TLSMemoryBIOProtocol:
         """The TLS layer for one connection, with the handshake gate behind it."""
-        return _TerminatingTLS(self._tls, _HandshakeGate(self, addr))
+        protocol = _TerminatingTLS(self._tls, _HandshakeGate(self, addr))
+        protocol.stats = self.stats
+        return protocol
 
     def startFactory(self) -> None:
         """Start the inner factories (a Site opens its log here)."""
