@@ -57,7 +57,7 @@ class NamedUNIXClientEndpoint:
     relayed client.  ``name_dir`` should be a private directory (mode 0700)
     of this process.  ``timeout`` bounds the wait while the server's listen
     queue is full.  ``reactor`` adopts the connected sockets; ``clock``
-    (default: ``reactor``) times the retries.
+    (default: ``reactor``) times the retries::
 
         endpoint = NamedUNIXClientEndpoint(reactor, "/run/app/grpc.sock",
                                            name_dir="/run/txcmux")
