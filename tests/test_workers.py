@@ -302,3 +302,24 @@ def test_workers_need_the_foreground(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert 'key "workers": the workers log to twistd\'s output' in result.stderr
     assert not (tmp_path / "twistd.pid").exists()
+
+
+def test_sigterm_while_a_worker_waits_to_be_restarted(
+    workers: tuple[Running, int, Path],
+) -> None:
+    running, admin, _ = workers
+    first = status(admin)["workers"][0]["pid"]
+    os.kill(first, signal.SIGKILL)
+    wait_for(
+        "the supervisor to schedule the restart",
+        lambda: "restarting it in" in running.log.read_text(),
+    )
+    running.process.send_signal(signal.SIGTERM)  # within the 0.5 s delay
+    running.process.wait(timeout=30)
+    output = running.log.read_text()
+    assert running.process.returncode == 0, output
+    assert "Traceback" not in output
+    assert output.count("worker 0 started (pid") == 1  # not started again
+    # The other worker drained on the supervisor's word, not for want of it.
+    assert "draining: SIGTERM sent to 1 workers" in output
+    assert "the supervisor is gone" not in output

@@ -551,7 +551,8 @@ class CmuxService(service.MultiService):
             self.worker.watch_supervisor(self.reactor, self._supervisor_gone)
 
     def _supervisor_gone(self) -> None:
-        if self.state in ("starting", "serving"):
+        if self.state in ("starting", "serving") and self.reactor.running:
+            _log.warn("txcmux: the supervisor is gone; stopping")
             self.reactor.stop()
 
     def _on_sighup(self) -> None:

@@ -121,8 +121,7 @@ class _StdinWatch(FileDescriptor):
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
-        _log.warn("txcmux: the supervisor is gone; stopping")
-        self._gone()
+        self._gone()  # (also when the reactor stops: ``gone`` tells apart)
 
 
 @implementer(IStreamServerEndpoint)
@@ -435,10 +434,10 @@ class Supervisor(service.Service):
         notify_systemd("STOPPING=1")
         install_signal_handler(signal.SIGTERM, self.reactor, self._cut)
         for worker in self.workers:
+            # A worker waiting to be restarted has ended already (its
+            # ``ended`` has fired): it is not started again.
             if worker.restart is not None and worker.restart.active():
                 worker.restart.cancel()
-                worker.state = "stopped"
-                worker.ended.callback(None)
         self._close_ports()
         sent = self._signal(signal.SIGTERM)
         _log.info("txcmux: draining: SIGTERM sent to {sent} workers", sent=sent)
