@@ -9,6 +9,7 @@ is accepted where CRLF is expected (RFC 9112 section 2.2 allows it).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from ._params import Param, parameters
 from ._simple import prefix_verdict
@@ -79,6 +80,32 @@ def _line_end(data: bytes, start: int) -> tuple[int, int] | None:
         return None
     end = newline - 1 if newline > start and data[newline - 1] == 0x0D else newline
     return end, newline + 1
+
+
+def find_field(
+    data: bytes, position: int, wanted: Callable[[bytes, bytes], bool]
+) -> Verdict:
+    """Look through the header block that starts at ``position`` for a field.
+
+    ``MATCH`` as soon as a complete field line makes ``wanted(name, value)``
+    true (the raw name and value, the value untrimmed); ``NO_MATCH`` at the
+    empty line ending the block, or at a malformed line (obsolete line
+    folding included); ``NEED_MORE`` while neither has arrived.
+    """
+    while True:
+        ends = _line_end(data, position)
+        if ends is None:
+            return NEED_MORE
+        end, following = ends
+        if end == position:
+            return NO_MATCH  # the empty line: end of the headers
+        colon = data.find(b":", position, end)
+        name = data[position:colon]
+        if colon < 0 or not _is_token(name):
+            return NO_MATCH  # malformed, or obsolete line folding
+        if wanted(name, data[colon + 1 : end]):
+            return MATCH
+        position = following
 
 
 def request_line_end(data: bytes) -> Verdict | int:
@@ -180,28 +207,19 @@ def http1_header(
             return NO_MATCH  # a header block longer than allowed is not waited for
         return found
 
+    def wanted(field_name: bytes, field_value: bytes) -> bool:
+        if field_name.lower() != wanted_name:
+            return False
+        field_value = field_value.strip(b" \t").lower()
+        return field_value == wanted_value or (
+            prefix and field_value.startswith(wanted_value)
+        )
+
     def scan(data: bytes) -> Verdict:
         position = request_line_end(data)
         if isinstance(position, Verdict):
             return position
-        while True:
-            ends = _line_end(data, position)
-            if ends is None:
-                return NEED_MORE
-            end, following = ends
-            if end == position:
-                return NO_MATCH  # the empty line: end of the headers
-            colon = data.find(b":", position, end)
-            field_name = data[position:colon]
-            if colon < 0 or not _is_token(field_name):
-                return NO_MATCH  # malformed, or obsolete line folding
-            if field_name.lower() == wanted_name:
-                field_value = data[colon + 1 : end].strip(b" \t").lower()
-                if field_value == wanted_value or (
-                    prefix and field_value.startswith(wanted_value)
-                ):
-                    return MATCH
-            position = following
+        return find_field(data, position, wanted)
 
     kind = "prefix" if prefix else "value"
     label = f"http1_header({wanted_name.decode()}, {kind}={wanted_value!r})"

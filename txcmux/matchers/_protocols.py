@@ -18,7 +18,7 @@ POP3, IMAP) no bytes come to match: see ``on_timeout`` in docs/matchers.md.
 
 from __future__ import annotations
 
-from ._http1 import _TCHAR, DEFAULT_MAX_HEADER_BYTES, _line_end, request_line_end
+from ._http1 import DEFAULT_MAX_HEADER_BYTES, find_field, request_line_end
 from ._params import Param, parameters
 from ._simple import prefix_verdict
 from ._verdict import MATCH, NEED_MORE, NO_MATCH, FunctionMatcher, Verdict
@@ -32,9 +32,11 @@ _GET = (b"GET ",)
 _WEBSOCKET = b"websocket"
 
 
-def _has_token(value: bytes, token: bytes) -> bool:
-    """Whether the comma-separated field ``value`` lists ``token``, any case."""
-    return any(part.strip(b" \t").lower() == token for part in value.split(b","))
+def _upgrades_to_websocket(name: bytes, value: bytes) -> bool:
+    """Whether a field is ``Upgrade`` listing the token ``websocket``, any case."""
+    return name.lower() == b"upgrade" and any(
+        part.strip(b" \t").lower() == _WEBSOCKET for part in value.split(b",")
+    )
 
 
 @parameters(
@@ -81,22 +83,7 @@ def websocket(
             return NO_MATCH  # RFC 6455 4.1: at least HTTP/1.1
         if wanted is not None and target.split(b"?", 1)[0] != wanted:
             return NO_MATCH
-        while True:
-            ends = _line_end(data, position)
-            if ends is None:
-                return NEED_MORE
-            end, following = ends
-            if end == position:
-                return NO_MATCH  # the empty line: no Upgrade field
-            colon = data.find(b":", position, end)
-            name = data[position:colon]
-            if colon < 0 or not name or any(byte not in _TCHAR for byte in name):
-                return NO_MATCH
-            if name.lower() == b"upgrade" and _has_token(
-                data[colon + 1 : end], _WEBSOCKET
-            ):
-                return MATCH
-            position = following
+        return find_field(data, position, _upgrades_to_websocket)
 
     label = "websocket" if wanted is None else f"websocket({wanted.decode('latin-1')})"
     return FunctionMatcher(label, max_bytes, verdict, alpn=(b"http/1.1",))
