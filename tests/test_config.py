@@ -225,7 +225,8 @@ def test_missing_target(tmp_path: Path) -> None:
         message,
         'route "ssh"',
         "missing target",
-        "expected exactly one of the keys web, static, proxy, grpc, factory, tls",
+        "expected exactly one of the keys web, static, wsgi, asgi, proxy, grpc,"
+        " factory, tls",
     )
 
 

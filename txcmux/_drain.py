@@ -12,6 +12,8 @@ protocol of every decided connection:
   (RFC 9113, section 6.8: the client opens no more streams on it, and
   retries later ones elsewhere), finishes the streams it has, and is then
   closed with a final GOAWAY;
+- a protocol with a ``going_away()`` method is asked to end that way (an
+  ASGI app's WebSocket closes with 1001, Going Away);
 - anything else (a relay, a gRPC call through the in-process server,
   any other protocol) is left to end by itself.
 
@@ -45,7 +47,8 @@ def _inner(protocol: Any) -> Any:
 def finish(protocol: Any) -> str:
     """Ask ``protocol``'s connection to end once its work is done.
 
-    Returns what it is: ``"http/1.1"``, ``"h2"`` or ``"other"`` (left alone).
+    Returns what it is: ``"http/1.1"``, ``"h2"``, ``"going away"`` (told
+    by its own method) or ``"other"`` (left alone).
     Safe to call again and again on the same connection.
     """
     channel = _inner(protocol)
@@ -56,6 +59,10 @@ def finish(protocol: Any) -> str:
     if h2_class is not None and isinstance(channel, h2_class):
         _finish_h2(channel)
         return "h2"
+    going_away = getattr(channel, "going_away", None)
+    if going_away is not None:
+        going_away()
+        return "going away"
     return "other"
 
 

@@ -45,6 +45,7 @@ from .._process import DescriptorWatch, install_signal_handler, notify_systemd
 from .._route import Route
 from ._endpoints import listen_endpoint
 from ._schema import (
+    AsgiTarget,
     Config,
     FactoryTarget,
     GrpcTarget,
@@ -54,6 +55,7 @@ from ._schema import (
     StaticTarget,
     TLSTarget,
     WebTarget,
+    WsgiTarget,
     load,
 )
 from ._values import Where, importable_from
@@ -79,14 +81,27 @@ _EXPECTED = {
 }
 
 
+def _app_settings(target: WsgiTarget | AsgiTarget) -> tuple[object, ...]:
+    if isinstance(target, WsgiTarget):
+        return (target.threads,)
+    return (target.lifespan,)
+
+
 class _Builder:
     """Builds each route's factory once, and the one shared gRPC server."""
 
     def __init__(
-        self, config: Config, reactor: Any, grpc_server: GrpcServer | None = None
+        self,
+        config: Config,
+        reactor: Any,
+        grpc_server: GrpcServer | None = None,
+        apps: dict[tuple[object, ...], Any] | None = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
+        #: The WSGI and ASGI app services, by app and settings (those of the
+        #: running config, on a reload, and any new ones).
+        self.apps: dict[tuple[object, ...], Any] = {} if apps is None else dict(apps)
         self.factories: dict[str, IProtocolFactory] = {}
         #: A running in-process gRPC server to reuse (a reload), else None.
         self.grpc_server: GrpcServer | None = grpc_server
@@ -156,6 +171,9 @@ class _Builder:
             from twisted.web.static import File
 
             return self._web(route, File(str(target.directory)))
+        if isinstance(target, (WsgiTarget, AsgiTarget)):
+            app: Any = self._app(route, target)
+            return app.factory()  # type: ignore[no-any-return]
         if isinstance(target, FactoryTarget):
             return self._called(route, target.path, target.obj)  # type: ignore[no-any-return]
         if isinstance(target, ProxyTarget):
@@ -173,6 +191,35 @@ class _Builder:
         if isinstance(target, GrpcTarget):
             return self._grpc(route)
         return self._tls(route, target)
+
+    def _app(self, route: RouteConfig, target: WsgiTarget | AsgiTarget) -> object:
+        """The service running ``target``'s app: one per app and its settings,
+        kept from the running config on a reload (so that a reload neither
+        starts a second lifespan nor a second thread pool)."""
+        key = (target.kind, target.path, id(target.obj), *_app_settings(target))
+        if key in self.apps:
+            return self.apps[key]
+        try:
+            if isinstance(target, WsgiTarget):
+                from ..wsgi import DEFAULT_THREADS, WSGIApplication
+
+                threads = DEFAULT_THREADS if target.threads is None else target.threads
+                app: Any = WSGIApplication(
+                    target.obj, threads=threads, reactor=self.reactor
+                )
+            else:
+                from ..asgi import ASGIApplication
+
+                app = ASGIApplication(
+                    target.obj, lifespan=target.lifespan, reactor=self.reactor
+                )
+        except ImportError as error:
+            self.where(route).fail(
+                f"target {target.kind!r} needs what pip install"
+                f" 'txcmux[{target.kind}]' installs ({error})"
+            )
+        self.apps[key] = app
+        return app
 
     def _grpc(self, route: RouteConfig) -> IProtocolFactory:
         try:
@@ -352,6 +399,8 @@ class Generation:
     config: Config
     muxes: list[ProtocolSwitchingFactory]
     inner: dict[str, ProtocolSwitchingFactory]
+    #: The WSGI and ASGI app services its routes use (see ``_Builder._app``).
+    apps: dict[tuple[object, ...], Any] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
 
     def all_muxes(self) -> list[ProtocolSwitchingFactory]:
@@ -379,11 +428,13 @@ def build_generation(
     *,
     number: int = 1,
     grpc_server: GrpcServer | None = None,
+    apps: dict[tuple[object, ...], Any] | None = None,
     measure: bool = False,
 ) -> tuple[Generation, GrpcServer | None]:
     """Build every factory of ``config``: a :class:`Generation`, and the
-    in-process gRPC server (``grpc_server`` if one is given, to reuse)."""
-    builder = _Builder(config, reactor, grpc_server)
+    in-process gRPC server (``grpc_server`` if one is given, to reuse; the
+    app services of ``apps`` likewise)."""
+    builder = _Builder(config, reactor, grpc_server, apps)
     with importable_from(config.base_dir):
         routes = [builder.route(name) for name in config.listener_routes]
         for route in config.routes:  # build routes used only behind TLS too
@@ -401,7 +452,7 @@ def build_generation(
         )
         for listener in config.listeners
     ]
-    generation = Generation(number, config, muxes, builder.inner)
+    generation = Generation(number, config, muxes, builder.inner, builder.apps)
     if measure:
         for mux in generation.all_muxes():
             mux.measure()
@@ -460,6 +511,7 @@ class CmuxService(service.MultiService):
         self._signals = False
         if grpc_server is not None:
             grpc_server.setServiceParent(self)  # type: ignore[no-untyped-call]
+        self._adopt_apps(generation)
         self.listeners = [
             self._listener(i, listener, mux)
             for i, (listener, mux) in enumerate(
@@ -512,6 +564,13 @@ class CmuxService(service.MultiService):
         self.status = ServiceStatus(self)
         return _Listener(description, endpoint, admin_site(self.status), None)
 
+    def _adopt_apps(self, generation: Generation) -> None:
+        """Make the WSGI and ASGI app services of ``generation`` children of
+        this service (started now if it runs); the ones already are stay."""
+        for app in generation.apps.values():
+            if app.parent is None:
+                app.setServiceParent(self)
+
     def _all_listeners(self) -> list[_Listener]:
         return [*self.listeners, *([self.admin] if self.admin else [])]
 
@@ -535,8 +594,18 @@ class CmuxService(service.MultiService):
         )
         for listener in self._all_listeners():
             listener.listen()
+        # Ready once every listener listens and every ASGI app's lifespan
+        # startup is complete (requests that come earlier wait for it).
         all_up = defer.gatherResults(
-            [listener.ready for listener in self._all_listeners()], consumeErrors=True
+            [
+                *(listener.ready for listener in self._all_listeners()),
+                *(
+                    app.when_started()
+                    for app in self.generation.apps.values()
+                    if hasattr(app, "when_started")
+                ),
+            ],
+            consumeErrors=True,
         )
         all_up.addCallbacks(lambda _: self._started(), self._not_started)
 
@@ -623,7 +692,7 @@ class CmuxService(service.MultiService):
         )
 
     def _not_started(self, failure: Failure) -> None:
-        _log.critical("txcmux: not every listener could start; stopping")
+        _log.critical("txcmux: not every listener or app could start; stopping")
         self.reactor.callWhenRunning(self.reactor.stop)
 
     # -- reload ----------------------------------------------------------------
@@ -649,6 +718,7 @@ class CmuxService(service.MultiService):
                 self.reactor,
                 number=self.generation.number + 1,
                 grpc_server=self.grpc_server,
+                apps=self.generation.apps,
                 measure=self.admin is not None,
             )
             if config.admin != self.config.admin:
@@ -691,6 +761,7 @@ class CmuxService(service.MultiService):
             if mux.decision_seconds is not None:
                 new.decision_seconds = mux.decision_seconds
                 new.decision_bytes = mux.decision_bytes
+        self._adopt_apps(generation)
         generation.start()
         self.generation, self.config, self.reload_error = generation, config, None
         for listener, mux in zip(new_listeners, generation.muxes, strict=True):

@@ -28,6 +28,7 @@ and default, in the order messages list them.
 
 from __future__ import annotations
 
+import inspect
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -111,6 +112,32 @@ class StaticTarget(_Target):
 
 
 @dataclass(frozen=True)
+class WsgiTarget(_Target):
+    """``wsgi = "module:app"``: a WSGI app on a thread pool of ``threads``
+    (None: WSGIApplication's default)."""
+
+    path: str
+    obj: object
+    threads: int | None = None
+    kind, shown = "wsgi", "WSGI app {self.path}{self.pool}"
+
+    @property
+    def pool(self) -> str:
+        """`` (N threads)`` where the file says how many."""
+        return "" if self.threads is None else f" ({self.threads} threads)"
+
+
+@dataclass(frozen=True)
+class AsgiTarget(_Target):
+    """``asgi = "module:app"``: an ASGI 3 app on an asyncio loop of its own."""
+
+    path: str
+    obj: object
+    lifespan: str = "auto"
+    kind, shown = "asgi", "ASGI app {self.path}"
+
+
+@dataclass(frozen=True)
 class ProxyTarget(_Target):
     """``proxy = "client endpoint"``: a relay to a backend."""
 
@@ -167,7 +194,16 @@ class TLSTarget(_Target):
         return " | ".join(self.routes)
 
 
-Target = WebTarget | StaticTarget | ProxyTarget | GrpcTarget | FactoryTarget | TLSTarget
+Target = (
+    WebTarget
+    | StaticTarget
+    | WsgiTarget
+    | AsgiTarget
+    | ProxyTarget
+    | GrpcTarget
+    | FactoryTarget
+    | TLSTarget
+)
 
 
 @dataclass(frozen=True)
@@ -293,6 +329,42 @@ def _match(where: Where, value: object) -> tuple[MatcherConfig, ...]:
         where.wrong(items, 'a non-empty array of matchers, such as ["http1", "http2"]')
     registry = where.registry or matcher_registry()
     return tuple(matcher_entry(where.item(i), m, registry) for i, m in enumerate(items))
+
+
+def _app(where: Where, value: object, kind: str) -> tuple[str, object]:
+    """A web app named ``"module:app"``, or ``"module:make_app()"`` to call.
+
+    A WSGI app is a callable; an ASGI 3 app a coroutine function, or an
+    object whose ``__call__`` is one (FastAPI, Starlette).
+    """
+    path = text(where, value)
+    factory = path.endswith("()")
+    path, app = import_path(where, path[:-2] if factory else path)
+    if factory:
+        if not callable(app):
+            where.fail(f"{path} is {app!r}; expected a function returning the app")
+        try:
+            app = app()
+        except Exception as error:
+            where.fail(f"calling {path}() raised {type(error).__name__}: {error}")
+        path += "()"
+    is_async = inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(
+        getattr(app, "__call__", None)  # noqa: B004 - the method, not callable()
+    )
+    if not callable(app):
+        article = "an" if kind == "asgi" else "a"
+        where.fail(f"{path} is {app!r}; expected {article} {kind.upper()} application")
+    if kind == "wsgi" and is_async:
+        where.fail(
+            f"{path} is an ASGI application (it is async); serve it with"
+            f' asgi = "{path}"'
+        )
+    if kind == "asgi" and not is_async:
+        where.fail(
+            f"{path} is not an ASGI 3 application (calling it is not async);"
+            f' a WSGI app is served with wsgi = "{path}"'
+        )
+    return path, app
 
 
 def _grpc(where: Where, value: object) -> GrpcTarget:
@@ -466,6 +538,15 @@ def _route(anonymous: Where, table: object) -> RouteConfig:
         )
     values = check_values(where, table, ROUTE_KEYS)
     target = values[targets[0]]
+    for key, kind in _TARGET_OPTIONS.items():
+        if key in table and target.kind != kind:
+            where.at(key).fail(
+                f"{key} is a key of {kind} routes; this route's target is {target.kind}"
+            )
+    if isinstance(target, WsgiTarget) and values["wsgi_threads"] is not None:
+        target = replace(target, threads=values["wsgi_threads"])
+    if isinstance(target, AsgiTarget) and values["asgi_lifespan"] is not None:
+        target = replace(target, lifespan=values["asgi_lifespan"])
     for key in ("send_proxy", "send_proxy_checksum"):
         if key in table and not isinstance(target, ProxyTarget):
             where.at(key).fail(
@@ -503,7 +584,9 @@ TLS_KEYS = {
     "handshake_timeout": Key(seconds, None),
 }
 
-TARGET_KEYS = ("web", "static", "proxy", "grpc", "factory", "tls")
+TARGET_KEYS = ("web", "static", "wsgi", "asgi", "proxy", "grpc", "factory", "tls")
+#: Keys that belong to one kind of target (the PROXY ones say so themselves).
+_TARGET_OPTIONS = {"wsgi_threads": "wsgi", "asgi_lifespan": "asgi"}
 
 ROUTE_KEYS = {
     "name": Key(text, missing='missing key "name"; every [[route]] needs a name'),
@@ -514,6 +597,10 @@ ROUTE_KEYS = {
     ),
     "web": Key(lambda where, value: WebTarget(*import_path(where, value)), None),
     "static": Key(lambda where, value: StaticTarget(directory(where, value)), None),
+    "wsgi": Key(lambda where, value: WsgiTarget(*_app(where, value, "wsgi")), None),
+    "wsgi_threads": Key(positive_int, None),
+    "asgi": Key(lambda where, value: AsgiTarget(*_app(where, value, "asgi")), None),
+    "asgi_lifespan": Key(one_of("auto", "on", "off"), None),
     "proxy": Key(lambda where, value: ProxyTarget(client_endpoint(where, value)), None),
     "send_proxy": Key(one_of("v1", "v2"), None),
     "send_proxy_checksum": Key(boolean, False),

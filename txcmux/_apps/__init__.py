@@ -1,0 +1,1 @@
+"""The Python web apps people already have, as txcmux targets: WSGI and ASGI."""
