@@ -133,7 +133,7 @@ class ASGIApplication(Service):
     def startService(self) -> None:
         """Start the app's loop, and its lifespan startup."""
         super().startService()  # type: ignore[no-untyped-call]
-        self.app_loop.start()
+        self.app_loop.begin()
         self._started = asyncio.Event()
         if self.lifespan == "off":
             self._ready(None)
@@ -328,19 +328,28 @@ class HTTPExchange:
         self.loop_body_left = True
         self.loop_started: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self.loop_ended = False
+        self.loop_listening = False  # the app waits for http.disconnect
 
     def start(self) -> None:
         request = self.request
         request.defaultContentType = None  # the app says
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(self._over)
-        self.app.app_loop.run(self._call_app()).addBoth(self._app_returned)
+        self.app.app_loop.start(self._call_app())
 
     # -- the app's thread ----------------------------------------------------
 
     async def _call_app(self) -> None:
-        await self.app.wait_started()
-        await self.app.application(self.scope, self._receive, self._send)
+        """Run the app; tell the reactor only when there is something to do
+        (the app raised, or did not complete the response)."""
+        failure = None
+        try:
+            await self.app.wait_started()
+            await self.app.application(self.scope, self._receive, self._send)
+        except Exception:
+            failure = Failure()  # type: ignore[no-untyped-call]
+        if failure is not None or not self.loop_ended:
+            self.app.reactor.callFromThread(self._app_returned, failure)
 
     async def _receive(self) -> dict[str, Any]:
         if self.loop_body_left:
@@ -350,7 +359,12 @@ class HTTPExchange:
             more = len(body) == BODY_CHUNK
             self.loop_body_left = more
             return {"type": "http.request", "body": body, "more_body": more}
-        await self.loop_gone.wait()
+        # Waiting for the end: the reactor wakes this loop at the end only
+        # while someone listens (see _over: each side writes its flag, then
+        # reads the other's).
+        self.loop_listening = True
+        if not self.finished:
+            await self.loop_gone.wait()
         return {"type": "http.disconnect"}
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -403,11 +417,16 @@ class HTTPExchange:
 
     def _over(self, result: object) -> None:
         """The request finished, or the client went away."""
-        if not self.finished:
+        cut = not self.finished  # the client left before the response ended
+        if cut:
             self.finished = True
             self.request.unregisterProducer()
-        self.app.app_loop.call_soon(self.loop_gone.set)
-        self.app.app_loop.call_soon(self.loop_outbox.close)
+        if cut or self.loop_listening:
+            self.app.app_loop.call_soon(self._loop_over)
+
+    def _loop_over(self) -> None:
+        self.loop_gone.set()
+        self.loop_outbox.close()
 
     def _app_returned(self, result: object) -> None:
         if self.finished:
