@@ -5,9 +5,10 @@ Each example of examples/ (flask.toml, fastapi.toml) runs under
 by a small stand-in that answers an SSH greeting, and the listener reading
 PROXY headers from 127.0.0.1 when one comes.  Real clients talk to it:
 curl over HTTP/1.1, h2c and HTTPS (h2 and HTTP/1.1), grpcio at the same
-time as HTTP, a raw socket for the PROXY header and the SSH relay, http.client
-for a streamed response, and the websockets library for FastAPI's
-WebSocket endpoint (plain and over TLS).
+time as HTTP, a raw socket for the SSH relay, http.client after a PROXY
+header and for a streamed response, and the websockets library for
+FastAPI's WebSocket endpoint (plain and over TLS).  Django's WSGI and ASGI
+handlers (examples/django_app.py) are served each way too.
 """
 
 from __future__ import annotations
@@ -120,6 +121,22 @@ def exchange(port: int, data: bytes, *, half_close: bool = False) -> bytes:
     return b"".join(chunks)
 
 
+def through_a_proxy(port: int, client: str) -> dict[str, str]:
+    """GET / on a connection that starts with a PROXY v1 header naming ``client``."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"PROXY TCP4 {client} 127.0.0.1 40000 80\r\n".encode())
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.sock = sock
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        assert response.status == 200
+        answer: dict[str, str] = json.loads(response.read())
+        return answer
+    finally:
+        connection.close()
+
+
 def check_http(port: int) -> None:
     """Who the app sees, over each HTTP version, in plain text and TLS."""
     for options, https, protocol in (
@@ -135,14 +152,7 @@ def check_http(port: int) -> None:
             "protocol": protocol,
         }, options
     # Behind a load balancer: the client a PROXY header names.
-    reply = exchange(
-        port,
-        b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 80\r\n"
-        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    head, _, body = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), reply
-    assert json.loads(body)["client"] == "203.0.113.7"
+    assert through_a_proxy(port, "203.0.113.7")["client"] == "203.0.113.7"
 
 
 def check_grpc_beside_http(port: int) -> None:
@@ -234,3 +244,34 @@ def test_an_app_on_one_port_with_grpc_and_ssh(
         assert output.count("fastapi_app: lifespan startup") == 1, output
         assert output.count("fastapi_app: lifespan shutdown") == 1, output
         assert output.index("lifespan shutdown") > output.index("draining")
+
+
+DJANGO = """\
+listen = ["tcp:0:interface=127.0.0.1"]
+proxy_protocol = "optional"
+trusted_proxies = ["127.0.0.1"]
+routes = ["web"]
+
+[[route]]
+name = "web"
+match = ["http1", "http2"]
+{key} = "django_app:{handler}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("key", "handler"), [("wsgi", "application"), ("asgi", "asgi_application")]
+)
+def test_django_through_either_handler(
+    tmp_path: Path, start_twistd: object, key: str, handler: str
+) -> None:
+    pytest.importorskip("django")
+    shutil.copy(EXAMPLES / "django_app.py", tmp_path)
+    config = tmp_path / "django.toml"
+    config.write_text(DJANGO.format(key=key, handler=handler), encoding="utf-8")
+    running: Running = start_twistd("--config", str(config))  # type: ignore[operator]
+    for option in ("--http1.1", "--http2-prior-knowledge"):
+        answer = curl_json(running.port, option)
+        assert answer == {"client": "127.0.0.1", "scheme": "http"}, option
+    assert through_a_proxy(running.port, "203.0.113.8")["client"] == "203.0.113.8"
+    assert_clean_exit(running, running.stop())
