@@ -353,9 +353,12 @@ class HTTPExchange:
 
     async def _receive(self) -> dict[str, Any]:
         if self.loop_body_left:
-            body = (
-                self.request.content.read(BODY_CHUNK) if self.request.content else b""
-            )
+            content = self.request.content
+            try:
+                body = content.read(BODY_CHUNK) if content is not None else b""
+            except ValueError:  # closed: the client left, twisted.web cleaned up
+                self.loop_body_left = False
+                return {"type": "http.disconnect"}
             more = len(body) == BODY_CHUNK
             self.loop_body_left = more
             return {"type": "http.request", "body": body, "more_body": more}
