@@ -48,6 +48,7 @@ from .._handoff import Handoff, IHandoffFactory, IHandoffReceiver, install
 from .._log import SHOWN_BYTES, describe_peer, log
 from ..matchers._http2 import PREFACE
 from ._h2c import start_h2
+from ._h2guard import guarded
 
 # Looked up once: twisted.web.http is a deprecation proxy whose attribute
 # lookups cost more than a microsecond each.
@@ -71,7 +72,9 @@ class WebFactory(Factory):
     Starting and stopping this factory starts and stops the Site, which
     opens and closes its access log.  ``stats`` counts connections by the
     protocol chosen (``http/1.1``, ``h2c``, ``h2``) and those closed before a
-    choice (``closed.timeout``, ``closed.http2_disabled``).
+    choice (``closed.timeout``, ``closed.http2_disabled``), or on a frame
+    header announcing more than the maximum frame size
+    (``closed.frame_too_large``: see :mod:`txcmux._web._h2guard`).
     """
 
     noisy = False
@@ -99,7 +102,7 @@ class WebFactory(Factory):
             )
         self.site: Site = site
         self.http2 = http2
-        self._h2_connection = _compat.h2_connection_class() if http2 else None
+        self._h2_connection = guarded(_compat.h2_connection_class()) if http2 else None
         self.stats: Counter[str] = Counter()
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
@@ -271,6 +274,7 @@ class _ChannelChooser(Protocol):
             if template is None:
                 template = web.site.buildProtocol(self._addr)  # type: ignore[no-untyped-call]
             channel = start_h2(web._h2_connection, transport, template, web.site)
+            channel.stats = web.stats  # type: ignore[attr-defined]
         else:
             kind = "http/1.1"
             if self._template is None:

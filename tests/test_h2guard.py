@@ -1,0 +1,142 @@
+"""The frame-size bound in front of Twisted's HTTP/2: a frame header announcing
+more than the maximum frame size closes the connection on the header."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from itertools import pairwise
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+
+from tests.test_twistd import Running, assert_clean_exit, start_twistd
+from txcmux._web._h2guard import FrameLengths
+from txcmux.matchers import PREFACE
+from txcmux.web import WebFactory
+
+__all__ = ["start_twistd"]  # the fixture, used by name
+
+MAX = 16384
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return (
+        struct.pack(">I", len(payload))[1:]
+        + bytes([kind, flags])
+        + (struct.pack(">I", stream) + payload)
+    )
+
+
+def header(length: int, kind: int = 0, stream: int = 1) -> bytes:
+    return struct.pack(">I", length)[1:] + bytes([kind, 0]) + struct.pack(">I", stream)
+
+
+SETTINGS = frame(4, 0, 0)
+PING = frame(6, 0, 0, b"12345678")
+FULL = frame(0, 0, 1, b"x" * MAX)  # exactly the maximum: allowed
+
+
+def frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (type, payload) of each whole frame in what a server wrote."""
+    found, at = [], 0
+    while at + 9 <= len(data):
+        length = int.from_bytes(data[at : at + 3], "big")
+        found.append((data[at + 3], data[at + 9 : at + 9 + length]))
+        at += 9 + length
+    return found
+
+
+def last_goaway_error(data: bytes) -> int:
+    kind, payload = frames(data)[-1]
+    assert kind == 7, frames(data)  # GOAWAY
+    return int.from_bytes(payload[4:8], "big")
+
+
+def splits(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in pairwise(points)]
+
+
+def first_refusal(pieces: list[bytes]) -> int | None:
+    lengths = FrameLengths()
+    for piece in pieces:
+        found = lengths.feed(piece, MAX)
+        if found is not None:
+            return found
+    return None
+
+
+def test_frames_up_to_the_maximum_pass() -> None:
+    stream = PREFACE + SETTINGS + PING + FULL + SETTINGS
+    assert first_refusal([stream]) is None
+
+
+def test_an_overlong_header_is_refused_before_its_payload() -> None:
+    stream = PREFACE + SETTINGS + header(MAX + 1)
+    assert first_refusal([stream]) == MAX + 1
+    assert first_refusal([PREFACE + SETTINGS + header(0xFFFFFF)]) == 0xFFFFFF
+
+
+def test_the_length_inside_a_payload_is_not_a_header() -> None:
+    # A DATA payload whose bytes look like a huge frame header.
+    stream = PREFACE + frame(0, 0, 1, header(0xFFFFFF) * 10) + PING
+    assert first_refusal([stream]) is None
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=MAX + 64), max_size=6),
+    st.lists(st.integers(min_value=0, max_value=40_000), max_size=12),
+    st.booleans(),
+)
+def test_any_split_gives_the_same_answer(
+    lengths: list[int], cuts: list[int], bad_end: bool
+) -> None:
+    stream = PREFACE + b"".join(frame(0, 0, 1, b"p" * n) for n in lengths)
+    if bad_end:
+        stream += header(MAX + 1)
+    whole = first_refusal([stream])
+    expected = next((n for n in lengths if n > MAX), MAX + 1 if bad_end else None)
+    assert whole == expected
+    assert first_refusal(splits(stream, cuts)) == whole
+
+
+def web() -> WebFactory:
+    root = Resource()
+    root.putChild(b"hello", Data(b"hello", "text/plain"))
+    return WebFactory(Site(root, reactor=Clock()))
+
+
+def test_the_web_target_sends_goaway_and_closes_on_the_header() -> None:
+    factory = web()
+    connection = factory.buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.dataReceived(PREFACE + SETTINGS + header(0xFFFFFF))
+    assert transport.disconnecting
+    assert last_goaway_error(transport.value()) == 6  # FRAME_SIZE_ERROR
+    assert factory.stats["closed.frame_too_large"] == 1
+    # What comes after the header is not read.
+    connection.dataReceived(b"x" * 100_000)
+    assert factory.stats["closed.frame_too_large"] == 1
+
+
+def test_a_real_connection_is_closed_on_the_header(start_twistd: object) -> None:
+    """Against the demo: the preface, SETTINGS, then 9 bytes announcing 16 MiB."""
+    running: Running = start_twistd(  # type: ignore[operator]
+        "--listen", "tcp:0:interface=127.0.0.1"
+    )
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as client:
+        client.sendall(PREFACE + SETTINGS + header(0xFFFFFF))
+        received = b""
+        while chunk := client.recv(65536):  # the server closes: recv ends
+            received += chunk
+    assert last_goaway_error(received) == 6  # FRAME_SIZE_ERROR, then the close
+    output = running.stop()
+    assert_clean_exit(running, output)
+    assert "a frame header announces 16777215 bytes, over the 16384" in output

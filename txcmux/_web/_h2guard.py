@@ -1,0 +1,124 @@
+"""A bound h2 lacks: close on a frame header that announces too long a frame.
+
+h2's frame buffer checks a frame's length against the maximum frame size
+only once the whole frame has arrived, so a client whose frame header
+announces 16 MiB (the largest a header can say) makes the server hold up to
+16 MiB per connection before it refuses the frame.  RFC 9113, section 4.2:
+an endpoint MUST send FRAME_SIZE_ERROR for a frame that exceeds the size it
+advertised.  :class:`FrameLengths` walks the client's bytes header by
+header (it never looks inside a frame) and says when one announces more::
+
+    >>> from txcmux.matchers import PREFACE
+    >>> lengths = FrameLengths()
+    >>> lengths.feed(PREFACE + bytes.fromhex("000000 04 00 00000000"), 16384)
+    >>> lengths.feed(bytes.fromhex("ffffff 00 00 00000001"), 16384)
+    16777215
+
+:func:`guarded` makes the subclass of Twisted's H2Connection that the web
+target uses: it feeds every read to a :class:`FrameLengths` before h2 sees
+it, and closes the connection with a GOAWAY (FRAME_SIZE_ERROR) on the
+header of such a frame.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from h2.errors import ErrorCodes
+
+from .._log import describe_peer, log
+
+_PREFACE_LENGTH = 24
+_HEADER = 9
+
+
+class FrameLengths:
+    """Where each frame of a client's HTTP/2 stream starts, and its length."""
+
+    __slots__ = ("_header", "_preface_left", "_skip")
+
+    def __init__(self) -> None:
+        self._preface_left = _PREFACE_LENGTH
+        self._skip = 0  # bytes of the current frame's payload still to come
+        self._header = b""  # a frame header split over reads
+
+    def feed(self, data: bytes, maximum: int) -> int | None:
+        """Take the next bytes; the announced length if one is over ``maximum``."""
+        at, size = 0, len(data)
+        if self._preface_left:
+            at = min(self._preface_left, size)
+            self._preface_left -= at
+        while at < size:
+            if self._skip:
+                step = min(self._skip, size - at)
+                self._skip -= step
+                at += step
+                continue
+            if self._header:
+                needed = _HEADER - len(self._header)
+                self._header += data[at : at + needed]
+                at += needed
+                if len(self._header) < _HEADER:
+                    return None
+                header, self._header = self._header, b""
+            elif size - at >= _HEADER:
+                header = data[at : at + _HEADER]
+                at += _HEADER
+            else:
+                self._header = data[at:]
+                return None
+            length = int.from_bytes(header[:3], "big")
+            if length > maximum:
+                return length
+            self._skip = length
+        return None
+
+
+#: The guarded subclass of each connection class, made once.
+_made: dict[type[Any], type[Any]] = {}
+
+
+def guarded(connection_class: type[Any]) -> type[Any]:
+    """``connection_class`` (Twisted's H2Connection) with the frame-size bound.
+
+    ``stats``, set by the web target on each connection, counts
+    ``closed.frame_too_large``.
+    """
+    made = _made.get(connection_class)
+    if made is not None:
+        return made
+
+    class GuardedH2Connection(connection_class):  # type: ignore[misc]
+        _lengths: FrameLengths | None = None
+        _refused = False
+        stats: Counter[str] | None = None
+
+        def dataReceived(self, data: bytes) -> None:
+            if self._refused:
+                return
+            lengths = self._lengths
+            if lengths is None:
+                lengths = self._lengths = FrameLengths()
+            announced = lengths.feed(data, self.conn.max_inbound_frame_size)
+            if announced is None:
+                super().dataReceived(data)
+                return
+            self._refused = True
+            if self.stats is not None:
+                self.stats["closed.frame_too_large"] += 1
+            maximum = self.conn.max_inbound_frame_size
+            log.warn(
+                "txcmux.web: closing HTTP/2 connection from {peer}: a frame"
+                " header announces {announced} bytes, over the {maximum} this"
+                " server allows (FRAME_SIZE_ERROR)",
+                peer=describe_peer(self.transport.getPeer()),
+                announced=announced,
+                maximum=maximum,
+            )
+            self.conn.close_connection(error_code=ErrorCodes.FRAME_SIZE_ERROR)
+            self.transport.write(self.conn.data_to_send())
+            self.transport.loseConnection()
+
+    _made[connection_class] = GuardedH2Connection
+    return GuardedH2Connection
