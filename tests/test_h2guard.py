@@ -106,10 +106,10 @@ def test_any_split_gives_the_same_answer(
     assert first_refusal(splits(stream, cuts)) == whole
 
 
-def web() -> WebFactory:
+def web(clock: Clock | None = None) -> WebFactory:
     root = Resource()
     root.putChild(b"hello", Data(b"hello", "text/plain"))
-    return WebFactory(Site(root, reactor=Clock()))
+    return WebFactory(Site(root, reactor=clock or Clock()))
 
 
 def test_the_web_target_sends_goaway_and_closes_on_the_header() -> None:
@@ -140,3 +140,39 @@ def test_a_real_connection_is_closed_on_the_header(start_twistd: object) -> None
     output = running.stop()
     assert_clean_exit(running, output)
     assert "a frame header announces 16777215 bytes, over the 16384" in output
+
+
+def test_requests_reset_in_the_same_read_raise_nothing() -> None:
+    """HEADERS then RST_STREAM, for many streams, all in one read (Rapid Reset's
+    pattern): no error escapes, and the connection goes on serving."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import DataReceived, StreamEnded
+
+    clock = Clock()
+    factory = web(clock)
+    connection = factory.buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    client = H2Connection(H2Configuration(client_side=True))
+    client.initiate_connection()
+    request = [(":method", "GET"), (":path", "/hello"), (":scheme", "http")]
+    request.append((":authority", "x"))
+    for _ in range(30):
+        stream = client.get_next_available_stream_id()
+        client.send_headers(stream, request, end_stream=True)
+        client.reset_stream(stream)
+    connection.dataReceived(client.data_to_send())  # raised before the guard
+    clock.advance(0)
+    assert not transport.disconnecting
+    # A normal request on the same connection is answered.
+    client.receive_data(transport.value())
+    transport.clear()
+    stream = client.get_next_available_stream_id()
+    client.send_headers(stream, request, end_stream=True)
+    connection.dataReceived(client.data_to_send())
+    clock.advance(0)  # Twisted's HTTP/2 sends from a loop the reactor runs
+    events = client.receive_data(transport.value())
+    body = b"".join(e.data for e in events if isinstance(e, DataReceived))
+    assert body == b"hello"
+    assert any(isinstance(e, StreamEnded) and e.stream_id == stream for e in events)

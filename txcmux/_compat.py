@@ -449,8 +449,11 @@ def h2_stream_connection(stream: object) -> object | None:
 # -- twisted.web: HTTP/2 -------------------------------------------------------------
 
 #: What start_h2 sets or calls on the class (requestFactory is set on
-#: instances only).
+#: instances only), and what txcmux._web._h2guard overrides.
 _H2_ATTRIBUTES = (
+    "writeHeaders",
+    "writeDataToStream",
+    "endRequest",
     "site",
     "factory",
     "timeOut",

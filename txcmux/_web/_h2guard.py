@@ -1,4 +1,6 @@
-"""A bound h2 lacks: close on a frame header that announces too long a frame.
+"""What txcmux adds to Twisted's HTTP/2 connection: two guards against clients.
+
+1. A bound h2 lacks: close on a frame header that announces too long a frame.
 
 h2's frame buffer checks a frame's length against the maximum frame size
 only once the whole frame has arrived, so a client whose frame header
@@ -14,10 +16,22 @@ header (it never looks inside a frame) and says when one announces more::
     >>> lengths.feed(bytes.fromhex("ffffff 00 00 00000001"), 16384)
     16777215
 
+2. A response for a stream the client already reset.  When a client sends
+   a request and resets its stream in the same read (the pattern of the
+   Rapid Reset attack, CVE-2023-44487), h2 has closed and may have
+   forgotten the stream by the time Twisted's Site renders the request:
+   Twisted then calls h2 for it, h2 raises (``StreamIDTooLowError``,
+   ``StreamClosedError``), and the error escapes the connection's
+   ``dataReceived``, which logs two tracebacks and drops the connection
+   (measured with Twisted 26.10 and h2 4.4.1).  Writes for a stream h2 no
+   longer has open are dropped instead, as Twisted already does for some of
+   them; its own reset rate limit (a token bucket, GOAWAY ENHANCE_YOUR_CALM)
+   still applies.
+
 :func:`guarded` makes the subclass of Twisted's H2Connection that the web
 target uses: it feeds every read to a :class:`FrameLengths` before h2 sees
-it, and closes the connection with a GOAWAY (FRAME_SIZE_ERROR) on the
-header of such a frame.
+it, closes the connection with a GOAWAY (FRAME_SIZE_ERROR) on the header
+of such a frame, and drops writes for streams h2 has closed.
 """
 
 from __future__ import annotations
@@ -119,6 +133,29 @@ def guarded(connection_class: type[Any]) -> type[Any]:
             self.conn.close_connection(error_code=ErrorCodes.FRAME_SIZE_ERROR)
             self.transport.write(self.conn.data_to_send())
             self.transport.loseConnection()
+
+        def _stream_closed(self, stream_id: int) -> bool:
+            stream = self.conn.streams.get(stream_id)
+            return stream is None or bool(stream.closed)
+
+        def writeHeaders(
+            self,
+            version: bytes,
+            code: bytes,
+            reason: bytes,
+            headers: Any,
+            streamID: int,
+        ) -> None:
+            if not self._stream_closed(streamID):
+                super().writeHeaders(version, code, reason, headers, streamID)
+
+        def writeDataToStream(self, streamID: int, data: bytes) -> None:
+            if not self._stream_closed(streamID):
+                super().writeDataToStream(streamID, data)
+
+        def endRequest(self, streamID: int) -> None:
+            if not self._stream_closed(streamID):
+                super().endRequest(streamID)
 
     _made[connection_class] = GuardedH2Connection
     return GuardedH2Connection
