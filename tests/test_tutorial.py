@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_twistd import twistd_command
+
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "examples" / "tutorial"
 PAGE = ROOT / "docs" / "tutorial.md"
@@ -182,14 +184,6 @@ def test_step4_https_and_grpc_over_tls(start, certificate: Path) -> None:  # typ
     check_step4(step.port, certificate)
     errors = step.stop()
     assert "Traceback" not in errors, errors
-
-
-def twistd_command() -> list[str]:
-    """twistd from the running environment."""
-    script = Path(sys.executable).parent / "twistd"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def test_step5_the_config_file_under_twistd(tmp_path: Path, certificate: Path) -> None:
