@@ -131,6 +131,7 @@ def test_the_api_reference_comes_from_the_docstrings(site: Path) -> None:
         ("matchers.html", "When the server speaks first"),
         ("operations.html", "Workers: more than one core"),
         ("tutorial.html", "Step 5: the same port from a config file"),
+        ("howto/kubernetes.html", "Run on Kubernetes"),
     ],
 )
 def test_pages_read_in_a_browser(site: Path, page: str, expected: str) -> None:
