@@ -18,6 +18,7 @@ release = version = txcmux.__version__
 extensions = [
     "myst_parser",
     "sphinx.ext.autodoc",
+    "sphinx.ext.graphviz",
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
 ]
@@ -37,6 +38,11 @@ autodoc_default_options = {"members": True, "show-inheritance": False}
 nitpicky = False
 # No network at build time: intersphinx inventories are not fetched.
 intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
+
+# The flow diagram (docs/flow.dot) is drawn at build time by Graphviz's dot
+# (Debian: graphviz), as SVG so that its labels stay text.
+graphviz_output_format = "svg"
+graphviz_dot_args = ["-Gfontname=sans-serif"]
 
 html_theme = "furo"
 html_title = f"txcmux {release}"

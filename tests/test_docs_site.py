@@ -28,6 +28,8 @@ CHROMIUM = shutil.which("chromium")
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("dot") is None:
+        pytest.skip("the flow diagram needs Graphviz's dot (Debian's graphviz)")
     out = tmp_path_factory.mktemp("site")
     result = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", str(DOCS), str(out)],
@@ -61,9 +63,32 @@ def _parse(page: Path) -> _Links:
 
 
 def test_every_page_of_docs_is_in_the_site(site: Path) -> None:
-    pages = {p.stem for p in DOCS.glob("*.md")}
-    built = {p.stem for p in site.glob("*.html")}
+    pages = {p.relative_to(DOCS).with_suffix("") for p in DOCS.rglob("*.md")}
+    pages = {p for p in pages if "_build" not in p.parts}
+    built = {p.relative_to(site).with_suffix("") for p in site.rglob("*.html")}
     assert pages <= built, pages - built
+
+
+def test_the_flow_diagram_is_drawn_at_build_time(site: Path) -> None:
+    """docs/flow.dot becomes an SVG that switching.html shows."""
+    page = (site / "switching.html").read_text(encoding="utf-8")
+    drawn = re.findall(r'<object data="(_images/graphviz-[0-9a-f]+\.svg)"', page)
+    assert len(drawn) == 1, "switching.html shows no graphviz SVG"
+    svg = (site / drawn[0]).read_text(encoding="utf-8")
+    assert "<svg" in svg
+    # Every stage of the flow is in the drawing, as text.
+    for label in (
+        "listener",
+        "PROXY stage",
+        "detector",
+        "1. tls()",
+        "2. grpc()",
+        "nested detector",
+        "handoff",
+        "sniff_timeout",
+        "RelayFactory",
+    ):
+        assert label in svg, label
 
 
 def test_internal_links_and_anchors_resolve(site: Path) -> None:
@@ -105,6 +130,8 @@ def test_the_api_reference_comes_from_the_docstrings(site: Path) -> None:
         ("index.html", "When to use it, and when not"),
         ("matchers.html", "When the server speaks first"),
         ("operations.html", "Workers: more than one core"),
+        ("tutorial.html", "Step 5: the same port from a config file"),
+        ("howto/kubernetes.html", "Run on Kubernetes"),
     ],
 )
 def test_pages_read_in_a_browser(site: Path, page: str, expected: str) -> None:
