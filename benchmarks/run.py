@@ -47,6 +47,18 @@ class BenchError(Exception):
     """A measurement that produced no trustworthy number."""
 
 
+class LoadErrors(BenchError):
+    """A load generator finished with a rate but saw errors on the way.
+
+    Fatal for txcmux and direct; for a peer, the rate is kept and the errors
+    are reported beside it (how a peer behaves is part of the comparison).
+    """
+
+    def __init__(self, message: str, rate: float) -> None:
+        super().__init__(message)
+        self.rate = rate
+
+
 # -- processes ---------------------------------------------------------------
 
 
@@ -151,6 +163,7 @@ def wrk(port: int, s: Settings, close: bool = False) -> float:
         command += ["-H", "Connection: close"]
     output = run_tool([*command, f"http://127.0.0.1:{port}/"], s.seconds + 30)
     rate = None
+    errors = []
     for line in output.splitlines():
         if line.startswith("Requests/sec:"):
             rate = float(line.split()[1])
@@ -158,9 +171,11 @@ def wrk(port: int, s: Settings, close: bool = False) -> float:
         if ("Non-2xx" in bad or bad.startswith("Socket errors")) and not (
             close and _only_closes(bad)
         ):
-            raise BenchError(f"wrk reported: {bad}")
+            errors.append(bad)
     if rate is None:
         raise BenchError(f"no Requests/sec in wrk's output: {output[-300:]}")
+    if errors:
+        raise LoadErrors(f"wrk reported: {'; '.join(errors)}", rate)
     return rate
 
 
@@ -306,6 +321,9 @@ class PeerSeries:
     #: backend it forwards to), microseconds per unit of work.
     cpu_us: list[float] = field(default_factory=list)
     error: str | None = None
+    #: Errors the load generator saw while still measuring a rate, each
+    #: with where it happened ("warm-up", "round 2").
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -428,6 +446,7 @@ class Result:
             "values": series.values,
             "cpu_us": series.cpu_us,
             "error": series.error,
+            "notes": series.notes,
             **(compared.as_dict() if compared else {"against": AGAINST[name]}),
         }
 
@@ -491,11 +510,15 @@ def measure(scenario: Scenario, s: Settings, log: IO[str]) -> Result:
             short.bulk_bytes = min(s.bulk_bytes, 64 * MIB)
             for side in list(sides):
                 _guarded(
-                    side, sides, lambda side=side: scenario.measure(side.port, short)
-                )
-        for _ in range(s.rounds):
+                    side, sides, "warm-up",
+                    lambda side=side: scenario.measure(side.port, short),
+                )  # fmt: skip
+        for number in range(1, s.rounds + 1):
             for side in list(sides):
-                _guarded(side, sides, lambda side=side: _record(scenario, side, s))
+                _guarded(
+                    side, sides, f"round {number}",
+                    lambda side=side: _record(scenario, side, s),
+                )  # fmt: skip
     except BenchError as error:
         result.error = str(error)
     finally:
@@ -531,39 +554,61 @@ def start_peer(
     return [peers.start_go(s.go_binary, mode, log)]
 
 
-def _guarded(side: Side, sides: list[Side], work: Callable[[], object]) -> None:
-    """Run ``work``; a peer's failure drops that peer, any other is raised."""
+def _guarded(
+    side: Side, sides: list[Side], where: str, work: Callable[[], object]
+) -> None:
+    """Run ``work`` for ``side``.
+
+    For txcmux and direct any error is raised.  For a peer, errors seen
+    while a rate was still measured are noted; any other failure drops the
+    peer from the later rounds.
+    """
     try:
         work()
+    except LoadErrors as error:
+        if side.peer is None:
+            raise
+        side.peer.notes.append(f"{where}: {error}")
     except BenchError as error:
         if side.peer is None:
             raise
-        side.peer.error = str(error)
+        side.peer.error = f"{where}: {error}"
         sides.remove(side)
 
 
 def _record(scenario: Scenario, side: Side, s: Settings) -> None:
-    """One measurement of ``side``, appended to its series."""
-    rate, cpu_us = _measured(scenario, side.port, s, side.processes)
+    """One measurement of ``side``, appended to its series.
+
+    A peer's :class:`LoadErrors` still records the rate and CPU, then goes
+    on to :func:`_guarded` to be noted.
+    """
+    rate, cpu_us, errors = _measured(scenario, side.port, s, side.processes)
     side.values.append(rate)
     side.cpu_us.append(cpu_us)
+    if errors is not None:
+        raise errors
 
 
 def _measured(
     scenario: Scenario, port: int, s: Settings, servers: Sequence[Any]
-) -> tuple[float, float]:
-    """One measurement: the rate, and the servers' CPU per unit of work (us).
+) -> tuple[float, float, LoadErrors | None]:
+    """One measurement: the rate, the servers' CPU per unit of work (us), and
+    the errors the load generator saw on the way, if any.
 
     ``servers`` are every process serving the side measured (a relayed
     backend works for it too); the work is the rate times the wall time.
     """
     cpu_before = sum(server.cpu_seconds() for server in servers)
     started = time.monotonic()
-    rate = scenario.measure(port, s)
+    errors = None
+    try:
+        rate = scenario.measure(port, s)
+    except LoadErrors as seen:
+        rate, errors = seen.rate, seen
     elapsed = time.monotonic() - started
     cpu = sum(server.cpu_seconds() for server in servers) - cpu_before
     work = rate * elapsed
-    return rate, (cpu / work * 1e6 if work > 0 else 0.0)
+    return rate, (cpu / work * 1e6 if work > 0 else 0.0), errors
 
 
 # -- absolute costs ----------------------------------------------------------------
@@ -759,6 +804,8 @@ def peers_table(results: Sequence[Result]) -> str:
                     f" ({compared.cpu_ratio:.3f})"
                 )
             low, high = min(compared.round_ratios), max(compared.round_ratios)
+            if name != "txcmux" and r.peers[name].notes:
+                title += " (errors: see below)"
             lines.append(
                 f"| {r.scenario.name} | {title} | {against}"
                 f" | {_side(r.series(name)[0])} | **{compared.ratio:.3f}**"
@@ -766,6 +813,16 @@ def peers_table(results: Sequence[Result]) -> str:
                 f" | {cpu} |"
             )
     return "\n".join(lines)
+
+
+def peer_notes_text(results: Sequence[Result]) -> str:
+    """The errors peers' load generators saw while measuring, one line each."""
+    return "\n".join(
+        f"{r.scenario.name}, {SIDE_TITLES[name]}: " + "; ".join(p.notes)
+        for r in results
+        for name, p in r.peers.items()
+        if p.notes
+    )
 
 
 def half_close_text(results: Sequence[Result]) -> str:
@@ -931,9 +988,9 @@ def main(argv: list[str] | None = None) -> int:
         return replot(args.replot, args.chart or "ratios.png")
 
     s = Settings()
-    if args.quick:
+    if args.quick:  # 256 MiB: at least 10 ms (one clock tick) of the sink's CPU
         s = Settings(
-            seconds=1.0, rounds=1, warmup=0.0, bulk_bytes=64 * MIB,
+            seconds=1.0, rounds=1, warmup=0.0, bulk_bytes=256 * MIB,
             idle_connections=1000, probes=200,
         )  # fmt: skip
     if args.rounds is not None:
@@ -998,6 +1055,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(r.peers for r in results):
         print(peers_table(results))
         print()
+        if peer_notes_text(results):
+            print(peer_notes_text(results))
+            print()
         print(half_close_text(results))
         print()
     print(costs_text(latency, memory))
