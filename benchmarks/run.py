@@ -5,6 +5,7 @@
     python -m benchmarks                          # 5 rounds x 5 s per side
     python -m benchmarks --quick                  # 1 round x ~1 s: a smoke run
     python -m benchmarks --only h2c,grpc-unary --rounds 7 --seconds 3
+    python -m benchmarks --only http1-close --peers haproxy,sslh
     python -m benchmarks --chart ratios.png --json results.json
 
 For each scenario both servers (the txcmux port and the direct one) are
@@ -12,8 +13,15 @@ started once, as separate processes; then, round after round, the load
 generator runs against the direct server and against txcmux in turn
 (A B A B ...).  The table shows, per side, the median over the rounds with
 the minimum and maximum, and the ratio of the medians (txcmux / direct).
-After the ratios come the absolute costs: the latency a decision adds to a
-connection, and the memory of silent connections while they are sniffed.
+
+Where a scenario has peers (:mod:`benchmarks.peers`: HAProxy in TCP mode
+and sslh-select in front of the direct service, Go's cmux and Go's own
+server), they run in the same rounds (A B C D ...), and a second table
+gives each side as a ratio to its reference with the CPU of every process
+serving it; ``--peers`` picks them, and a peer that is not installed is
+skipped with one line.  After the ratios come the absolute costs: the
+latency a decision adds to a connection, and the memory of silent
+connections while they are sniffed.
 """
 
 from __future__ import annotations
