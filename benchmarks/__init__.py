@@ -9,6 +9,8 @@ Run every scenario and print the table (and, with matplotlib, a chart)::
 Each scenario starts its servers as separate processes
 (``python -m benchmarks.server SCENARIO MODE``) and drives them with real
 load generators in other processes: wrk, h2load, or a Python client from
-:mod:`benchmarks.clients` where no external tool fits.  See
+:mod:`benchmarks.clients` where no external tool fits.  HAProxy, sslh
+and Go's cmux (:mod:`benchmarks.peers`, ``benchmarks/gocmux``) are measured
+in the same rounds where they are installed.  See
 ``docs/performance.md`` for the results and how to read them.
 """

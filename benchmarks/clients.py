@@ -3,14 +3,16 @@
 Each runs as its own process and prints one JSON line of results::
 
     python -m benchmarks.clients bulk 40123 1073741824      # MB/s through a relay
+    python -m benchmarks.clients half-close 40123           # does it pass?
     python -m benchmarks.clients bidi 40123 --seconds 5      # gRPC bidi streaming
     python -m benchmarks.clients probe 40123 --kind http1 --count 500
     python -m benchmarks.clients idle 40123 10000            # silent sockets
 
 ``bulk`` sends an SSH identification line (so a txcmux port routes it to
-its ``ssh`` relay) and then the bytes, half-closes, and waits for the sink's
-8-byte count.  ``idle`` opens the sockets, prints ``{"open": n}``, and holds
-them, silent, until its stdin ends (or ``--hold`` seconds pass).  Every loop
+its ``ssh`` relay), the length and then the bytes, and waits for the sink's
+8-byte count; ``half-close`` checks whether a half-close gets through.
+``idle`` opens the sockets, prints ``{"open": n}``, and holds them, silent,
+until its stdin ends (or ``--hold`` seconds pass).  Every loop
 is bounded in count and time.
 """
 
@@ -29,6 +31,8 @@ import time
 from typing import Any
 
 SSH_BANNER = b"SSH-2.0-txcmux-bench\r\n"
+#: The sink's length meaning "count until the end of input" (server.py).
+UNTIL_EOF = (1 << 64) - 1
 HTTP1_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
 
@@ -42,31 +46,63 @@ def emit(result: dict[str, Any]) -> None:
 
 
 def bulk(port: int, total: int, chunk: int = 1 << 20) -> dict[str, Any]:
-    """Send ``total`` bytes (after the SSH line) and time until the sink's count."""
+    """Send ``total`` bytes (after the SSH line) and time until the sink's count.
+
+    The length goes first, so the sink answers without waiting for a
+    half-close (sslh does not pass one on; see :func:`half_close`).
+    """
     payload = memoryview(b"\xa5" * chunk)
     with socket.create_connection(("127.0.0.1", port), timeout=120) as connection:
         started = time.perf_counter()
-        connection.sendall(SSH_BANNER)
+        connection.sendall(SSH_BANNER + total.to_bytes(8, "big"))
         left = total
         while left > 0:
             piece = payload[: min(chunk, left)]
             connection.sendall(piece)
             left -= len(piece)
-        connection.shutdown(socket.SHUT_WR)
-        answer = b""
-        while len(answer) < 8:
-            data = connection.recv(8 - len(answer))
-            if not data:
-                break
-            answer += data
+        answer = _read_count(connection)
         seconds = time.perf_counter() - started
     counted = int.from_bytes(answer, "big") if len(answer) == 8 else -1
     return {
         "bytes": total,
         "seconds": seconds,
         "sink_counted": counted,
-        "ok": counted == total + len(SSH_BANNER),
+        "ok": counted == total,
     }
+
+
+def _read_count(connection: socket.socket) -> bytes:
+    """The sink's 8-byte answer, or what arrived of it before the end."""
+    answer = b""
+    while len(answer) < 8:
+        data = connection.recv(8 - len(answer))
+        if not data:
+            break
+        answer += data
+    return answer
+
+
+def half_close(port: int, size: int = 64 * 1024, wait: float = 5.0) -> dict[str, Any]:
+    """Does a half-close pass through?  Send, shut down writing, await the count.
+
+    The sink is told to count until the end of input, so it answers only if
+    the client's end of stream reaches it while the way back stays open.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as connection:
+        connection.sendall(SSH_BANNER + UNTIL_EOF.to_bytes(8, "big") + b"h" * size)
+        connection.shutdown(socket.SHUT_WR)
+        try:
+            answer = _read_count(connection)
+        except TimeoutError:
+            return {"passed": False, "seen": f"no answer in {wait:g} s"}
+        except ConnectionResetError:
+            return {"passed": False, "seen": "reset without the answer"}
+    if len(answer) < 8:
+        return {"passed": False, "seen": "closed without the answer"}
+    counted = int.from_bytes(answer, "big")
+    if counted != size:
+        return {"passed": False, "seen": f"the sink counted {counted} of {size} bytes"}
+    return {"passed": True, "seen": "answer received"}
 
 
 # -- gRPC bidi streaming --------------------------------------------------------
@@ -228,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     p = commands.add_parser("bulk")
     p.add_argument("port", type=int)
     p.add_argument("bytes", type=int)
+    p = commands.add_parser("half-close")
+    p.add_argument("port", type=int)
     p = commands.add_parser("bidi")
     p.add_argument("port", type=int)
     p.add_argument("--seconds", type=float, default=5.0)
@@ -245,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "bulk":
         emit(bulk(args.port, args.bytes))
+    elif args.command == "half-close":
+        emit(half_close(args.port))
     elif args.command == "bidi":
         emit(bidi(args.port, args.seconds, args.size, args.streams))
     elif args.command == "probe":

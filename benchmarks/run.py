@@ -5,6 +5,7 @@
     python -m benchmarks                          # 5 rounds x 5 s per side
     python -m benchmarks --quick                  # 1 round x ~1 s: a smoke run
     python -m benchmarks --only h2c,grpc-unary --rounds 7 --seconds 3
+    python -m benchmarks --only http1-close --peers haproxy,sslh
     python -m benchmarks --chart ratios.png --json results.json
 
 For each scenario both servers (the txcmux port and the direct one) are
@@ -12,8 +13,15 @@ started once, as separate processes; then, round after round, the load
 generator runs against the direct server and against txcmux in turn
 (A B A B ...).  The table shows, per side, the median over the rounds with
 the minimum and maximum, and the ratio of the medians (txcmux / direct).
-After the ratios come the absolute costs: the latency a decision adds to a
-connection, and the memory of silent connections while they are sniffed.
+
+Where a scenario has peers (:mod:`benchmarks.peers`: HAProxy in TCP mode
+and sslh-select in front of the direct service, Go's cmux and Go's own
+server), they run in the same rounds (A B C D ...), and a second table
+gives each side as a ratio to its reference with the CPU of every process
+serving it; ``--peers`` picks them, and a peer that is not installed is
+skipped with one line.  After the ratios come the absolute costs: the
+latency a decision adds to a connection, and the memory of silent
+connections while they are sniffed.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from typing import IO, Any
 if __package__ in (None, ""):  # run as a file: python benchmarks/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import peers
 from benchmarks.grpc_service import UNARY, grpc_frame
 
 PYTHON = sys.executable
@@ -44,6 +53,18 @@ MIB = 1024 * 1024
 
 class BenchError(Exception):
     """A measurement that produced no trustworthy number."""
+
+
+class LoadErrors(BenchError):
+    """A load generator finished with a rate but saw errors on the way.
+
+    Fatal for txcmux and direct; for a peer, the rate is kept and the errors
+    are reported beside it (how a peer behaves is part of the comparison).
+    """
+
+    def __init__(self, message: str, rate: float) -> None:
+        super().__init__(message)
+        self.rate = rate
 
 
 # -- processes ---------------------------------------------------------------
@@ -77,9 +98,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User plus system CPU the process has used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1]
-        utime, stime = fields.split()[11:13]
-        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+        return peers.cpu_seconds(self.process.pid)
 
     def stats(self) -> dict[str, Any]:
         """The server's ``stats`` answer: rss_kib, switch counters, ..."""
@@ -139,6 +158,10 @@ class Settings:
     idle_connections: int = 10_000
     probes: int = 2000
     workdir: str = ""
+    #: The peers to measure beside txcmux (see benchmarks/peers.py).
+    peers: tuple[str, ...] = peers.PEERS
+    #: The built benchmarks/gocmux program, for the go-* peers.
+    go_binary: str = ""
 
 
 def wrk(port: int, s: Settings, close: bool = False) -> float:
@@ -148,6 +171,7 @@ def wrk(port: int, s: Settings, close: bool = False) -> float:
         command += ["-H", "Connection: close"]
     output = run_tool([*command, f"http://127.0.0.1:{port}/"], s.seconds + 30)
     rate = None
+    errors = []
     for line in output.splitlines():
         if line.startswith("Requests/sec:"):
             rate = float(line.split()[1])
@@ -155,9 +179,11 @@ def wrk(port: int, s: Settings, close: bool = False) -> float:
         if ("Non-2xx" in bad or bad.startswith("Socket errors")) and not (
             close and _only_closes(bad)
         ):
-            raise BenchError(f"wrk reported: {bad}")
+            errors.append(bad)
     if rate is None:
         raise BenchError(f"no Requests/sec in wrk's output: {output[-300:]}")
+    if errors:
+        raise LoadErrors(f"wrk reported: {'; '.join(errors)}", rate)
     return rate
 
 
@@ -212,6 +238,8 @@ class Scenario:
     through_mode: str
     measure: Callable[[int, Settings], float]
     shared_backend: bool = False  # the direct server is also txcmux's backend
+    #: The peers measured in the same rounds (HAProxy, sslh, Go cmux).
+    peers: tuple[str, ...] = ()
 
 
 def _grpc_unary(port: int, s: Settings) -> float:
@@ -246,12 +274,12 @@ SCENARIOS = [
     Scenario(
         "http1-keepalive", "HTTP/1.1 keep-alive, small responses (wrk -c32)",
         "req/s", 0.97, "web", "direct", "mux",
-        lambda port, s: wrk(port, s),
+        lambda port, s: wrk(port, s), peers=peers.PEERS,
     ),
     Scenario(
         "http1-close", "HTTP/1.1, one request per connection (wrk, Connection: close)",
         "req/s", 0.90, "web", "direct", "mux",
-        lambda port, s: wrk(port, s, close=True),
+        lambda port, s: wrk(port, s, close=True), peers=peers.PEERS,
     ),
     Scenario(
         "h2c", "h2c, 4 connections x 32 streams (h2load)",
@@ -266,6 +294,7 @@ SCENARIOS = [
     Scenario(
         "grpc-unary", "gRPC unary, 100 B, 64 concurrent (h2load), relay to grpcio",
         "req/s", 0.90, "grpc", "direct", "mux", _grpc_unary, shared_backend=True,
+        peers=("haproxy",),
     ),
     Scenario(
         "grpc-unary-inprocess",
@@ -279,8 +308,64 @@ SCENARIOS = [
     Scenario(
         "relay-bulk", "relay bulk transfer, one connection (1 GiB)",
         "MiB/s", 0.50, "relay", "sink", "mux", _bulk, shared_backend=True,
+        peers=peers.PEERS,
     ),
 ]  # fmt: skip
+
+
+#: What each peer's ratio is taken against: the direct service, except for
+#: Go's cmux, which is compared with the same Go server on its own port.
+AGAINST = {"haproxy": "direct", "sslh": "direct", "go-direct": "direct",
+           "go-cmux": "go-direct"}  # fmt: skip
+
+
+@dataclass
+class PeerSeries:
+    """One peer's measurements in a scenario's rounds."""
+
+    name: str
+    values: list[float] = field(default_factory=list)
+    #: CPU of every server process serving the peer's side (the peer and the
+    #: backend it forwards to), microseconds per unit of work.
+    cpu_us: list[float] = field(default_factory=list)
+    error: str | None = None
+    #: Errors the load generator saw while still measuring a rate, each
+    #: with where it happened ("warm-up", "round 2").
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    """One side against its reference: ratio of medians and per round."""
+
+    side: str
+    against: str
+    ratio: float
+    round_ratios: list[float]
+    cpu_us: float | None
+    against_cpu_us: float | None
+
+    @property
+    def median_round_ratio(self) -> float:
+        return statistics.median(self.round_ratios)
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        """Reference CPU per unit over the side's: above 1, the side is cheaper."""
+        if not self.cpu_us or self.against_cpu_us is None:
+            return None
+        return self.against_cpu_us / self.cpu_us
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "against": self.against,
+            "ratio": self.ratio,
+            "round_ratios": self.round_ratios,
+            "median_round_ratio": self.median_round_ratio,
+            "cpu_us": self.cpu_us,
+            "against_cpu_us": self.against_cpu_us,
+            "cpu_ratio": self.cpu_ratio,
+        }
 
 
 @dataclass
@@ -295,6 +380,34 @@ class Result:
     direct_cpu_us: list[float] = field(default_factory=list)
     through_cpu_us: list[float] = field(default_factory=list)
     error: str | None = None
+    #: The peers' measurements in the same rounds, by peer name.
+    peers: dict[str, PeerSeries] = field(default_factory=dict)
+    #: Whether a half-close passes through each side (relay scenarios).
+    half_close: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def series(self, side: str) -> tuple[list[float], list[float]]:
+        """(values, CPU us per unit) of ``side``: direct, txcmux or a peer."""
+        if side == "direct":
+            return self.direct, self.direct_cpu_us
+        if side == "txcmux":
+            return self.through, self.through_cpu_us
+        return self.peers[side].values, self.peers[side].cpu_us
+
+    def compared(self, side: str, against: str) -> Comparison | None:
+        """``side`` against ``against`` over the rounds both were measured in."""
+        values, cpu = self.series(side)
+        reference, reference_cpu = self.series(against)
+        rounds = [(v, r) for v, r in zip(values, reference, strict=False) if r]
+        if not rounds:
+            return None
+        return Comparison(
+            side=side,
+            against=against,
+            ratio=statistics.median(values) / statistics.median(reference),
+            round_ratios=[v / r for v, r in rounds],
+            cpu_us=statistics.median(cpu) if cpu else None,
+            against_cpu_us=statistics.median(reference_cpu) if reference_cpu else None,
+        )
 
     @property
     def cpu_ratio(self) -> float | None:
@@ -330,32 +443,90 @@ class Result:
             "cpu_ratio": self.cpu_ratio,
             "met": None if self.ratio is None else self.ratio >= sc.target,
             "error": self.error,
+            "peers": {name: self._peer_dict(name) for name in self.peers},
+            "half_close": self.half_close,
+        }
+
+    def _peer_dict(self, name: str) -> dict[str, Any]:
+        series = self.peers[name]
+        compared = self.compared(name, AGAINST[name]) if not series.error else None
+        return {
+            "values": series.values,
+            "cpu_us": series.cpu_us,
+            "error": series.error,
+            "notes": series.notes,
+            **(compared.as_dict() if compared else {"against": AGAINST[name]}),
         }
 
 
+@dataclass
+class Side:
+    """One server setup the load runs against in every round."""
+
+    name: str
+    port: int
+    #: Every server process serving this side: their CPU counts for it.
+    processes: Sequence[Any]
+    values: list[float]
+    cpu_us: list[float]
+    peer: PeerSeries | None = None
+
+
 def measure(scenario: Scenario, s: Settings, log: IO[str]) -> Result:
-    """Start both servers, warm them, then measure A B A B ... for the rounds."""
+    """Start every side's servers, warm them, then measure A B C ... per round.
+
+    A peer that fails is dropped from the later rounds with its error noted;
+    the scenario goes on with the others.
+    """
     result = Result(scenario)
-    servers: list[Server] = []
+    servers: list[Any] = []
     try:
         direct = Server(scenario.server, scenario.direct_mode, log=log)
         servers.append(direct)
         extra = ("--backend", str(direct.port)) if scenario.shared_backend else ()
         through = Server(scenario.server, scenario.through_mode, *extra, log=log)
         servers.append(through)
+        sides = [
+            Side("direct", direct.port, [direct], result.direct, result.direct_cpu_us),
+            Side(
+                "txcmux", through.port,
+                [through, direct] if scenario.shared_backend else [through],
+                result.through, result.through_cpu_us,
+            ),
+        ]  # fmt: skip
+        for name in scenario.peers:
+            if name not in s.peers:
+                continue
+            series = result.peers[name] = PeerSeries(name)
+            try:
+                processes = start_peer(name, scenario, direct, s, log)
+            except (peers.PeerError, BenchError) as error:
+                series.error = str(error)
+                continue
+            servers.append(processes[0])
+            sides.append(
+                Side(name, processes[0].port, processes, series.values,
+                     series.cpu_us, series)
+            )  # fmt: skip
+        if scenario.server == "relay":
+            for side in sides:
+                result.half_close[side.name] = run_client(
+                    "half-close", str(side.port), timeout=30
+                )
         if s.warmup:
             short = Settings(**{**s.__dict__, "seconds": s.warmup})
             short.bulk_bytes = min(s.bulk_bytes, 64 * MIB)
-            scenario.measure(direct.port, short)
-            scenario.measure(through.port, short)
-        for _ in range(s.rounds):
-            for port, rates, costs in (
-                (direct.port, result.direct, result.direct_cpu_us),
-                (through.port, result.through, result.through_cpu_us),
-            ):
-                rate, cpu_us = _measured(scenario, port, s, servers)
-                rates.append(rate)
-                costs.append(cpu_us)
+            for side in list(sides):
+                _guarded(
+                    side, sides, "warm-up",
+                    lambda side=side: scenario.measure(side.port, short),
+                )  # fmt: skip
+        for number in range(1, s.rounds + 1):
+            for side in list(sides):
+                _guarded(
+                    side, sides, f"round {number}",
+                    lambda side=side: _record(scenario, side, s),
+                )  # fmt: skip
     except BenchError as error:
         result.error = str(error)
     finally:
@@ -364,21 +535,88 @@ def measure(scenario: Scenario, s: Settings, log: IO[str]) -> Result:
     return result
 
 
-def _measured(
-    scenario: Scenario, port: int, s: Settings, servers: Sequence[Server]
-) -> tuple[float, float]:
-    """One measurement: the rate, and the servers' CPU per unit of work (us).
+def start_peer(
+    name: str, scenario: Scenario, direct: Server, s: Settings, log: IO[str]
+) -> list[Any]:
+    """Start peer ``name`` in front of the scenario's direct server.
 
-    The CPU of every server process counts (a relayed backend works for
-    txcmux's side too); the work is the rate times the wall time taken.
+    Returns the processes serving the peer's side, the peer first: HAProxy
+    and sslh forward to the direct server (the Site's own port, the grpcio
+    server, the sink), so it counts for them too; the Go programs serve HTTP
+    themselves and relay to the sink.
+    """
+    kind = scenario.server
+    if name == "haproxy":
+        route = {"web": "web", "grpc": "grpc", "relay": "ssh"}[kind]
+        return [peers.start_haproxy(s.workdir, log, **{route: direct.port}), direct]
+    if name == "sslh":
+        route = {"web": "http", "relay": "ssh"}[kind]
+        return [peers.start_sslh(s.workdir, log, **{route: direct.port}), direct]
+    if not s.go_binary:
+        raise BenchError("the Go program was not built")
+    mode = "cmux"
+    if name == "go-direct":  # the same Go server on its own port
+        mode = "http" if kind == "web" else "relay"
+    if kind == "relay":
+        return [peers.start_go(s.go_binary, mode, log, backend=direct.port), direct]
+    return [peers.start_go(s.go_binary, mode, log)]
+
+
+def _guarded(
+    side: Side, sides: list[Side], where: str, work: Callable[[], object]
+) -> None:
+    """Run ``work`` for ``side``.
+
+    For txcmux and direct any error is raised.  For a peer, errors seen
+    while a rate was still measured are noted; any other failure drops the
+    peer from the later rounds.
+    """
+    try:
+        work()
+    except LoadErrors as error:
+        if side.peer is None:
+            raise
+        side.peer.notes.append(f"{where}: {error}")
+    except BenchError as error:
+        if side.peer is None:
+            raise
+        side.peer.error = f"{where}: {error}"
+        sides.remove(side)
+
+
+def _record(scenario: Scenario, side: Side, s: Settings) -> None:
+    """One measurement of ``side``, appended to its series.
+
+    A peer's :class:`LoadErrors` still records the rate and CPU, then goes
+    on to :func:`_guarded` to be noted.
+    """
+    rate, cpu_us, errors = _measured(scenario, side.port, s, side.processes)
+    side.values.append(rate)
+    side.cpu_us.append(cpu_us)
+    if errors is not None:
+        raise errors
+
+
+def _measured(
+    scenario: Scenario, port: int, s: Settings, servers: Sequence[Any]
+) -> tuple[float, float, LoadErrors | None]:
+    """One measurement: the rate, the servers' CPU per unit of work (us), and
+    the errors the load generator saw on the way, if any.
+
+    ``servers`` are every process serving the side measured (a relayed
+    backend works for it too); the work is the rate times the wall time.
     """
     cpu_before = sum(server.cpu_seconds() for server in servers)
     started = time.monotonic()
-    rate = scenario.measure(port, s)
+    errors = None
+    try:
+        rate = scenario.measure(port, s)
+    except LoadErrors as seen:
+        rate, errors = seen.rate, seen
     elapsed = time.monotonic() - started
     cpu = sum(server.cpu_seconds() for server in servers) - cpu_before
     work = rate * elapsed
-    return rate, (cpu / work * 1e6 if work > 0 else 0.0)
+    return rate, (cpu / work * 1e6 if work > 0 else 0.0), errors
 
 
 # -- absolute costs ----------------------------------------------------------------
@@ -535,6 +773,84 @@ def table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+#: How each side is named in the peers table.
+SIDE_TITLES = {
+    "txcmux": "txcmux",
+    "haproxy": "HAProxy (TCP mode) in front",
+    "sslh": "sslh-select in front",
+    "go-direct": "Go net/http (relay: Go relay) alone",
+    "go-cmux": "Go cmux",
+}
+
+
+def peers_table(results: Sequence[Result]) -> str:
+    """txcmux and its peers, each as a ratio to its reference, as Markdown."""
+    lines = [
+        "| scenario | side | against | side: median (min-max)"
+        " | ratio of medians | per-round ratios: median (min-max)"
+        " | server CPU us per unit: against / side (ratio) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if not r.peers:
+            continue
+        for name in ("txcmux", *r.peers):
+            error = r.error if name == "txcmux" else r.peers[name].error
+            against = "direct" if name == "txcmux" else AGAINST[name]
+            compared = None if error else r.compared(name, against)
+            title = SIDE_TITLES[name]
+            if compared is None:
+                lines.append(
+                    f"| {r.scenario.name} | {title} | {against} | -"
+                    f" | error: {error or 'no number'} | - | - |"
+                )
+                continue
+            cpu = "-"
+            if compared.cpu_ratio is not None and compared.cpu_us is not None:
+                cpu = (
+                    f"{_fmt(compared.against_cpu_us or 0)} / {_fmt(compared.cpu_us)}"
+                    f" ({compared.cpu_ratio:.3f})"
+                )
+            low, high = min(compared.round_ratios), max(compared.round_ratios)
+            if name != "txcmux" and r.peers[name].notes:
+                title += " (errors: see below)"
+            lines.append(
+                f"| {r.scenario.name} | {title} | {against}"
+                f" | {_side(r.series(name)[0])} | **{compared.ratio:.3f}**"
+                f" | {compared.median_round_ratio:.3f} ({low:.3f}-{high:.3f})"
+                f" | {cpu} |"
+            )
+    return "\n".join(lines)
+
+
+def peer_notes_text(results: Sequence[Result]) -> str:
+    """The errors peers' load generators saw while measuring, one line each."""
+    return "\n".join(
+        f"{r.scenario.name}, {SIDE_TITLES[name]}: " + "; ".join(p.notes)
+        for r in results
+        for name, p in r.peers.items()
+        if p.notes
+    )
+
+
+def half_close_text(results: Sequence[Result]) -> str:
+    """Which sides pass a client's half-close on to the backend, one line."""
+    out = []
+    for r in results:
+        if not r.half_close:
+            continue
+        seen = "; ".join(
+            f"{side}: {'passed' if check['passed'] else 'NOT passed'}"
+            + ("" if check["passed"] else f" ({check['seen']})")
+            for side, check in r.half_close.items()
+        )
+        out.append(
+            f"Half-close in {r.scenario.name} (the client sends 64 KiB, shuts down"
+            f" its write side and waits for the sink's count): {seen}."
+        )
+    return "\n".join(out)
+
+
 def costs_text(latency: dict[str, Any] | None, memory: dict[str, Any] | None) -> str:
     """The absolute costs, as Markdown."""
     out: list[str] = []
@@ -661,6 +977,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="per measurement")
     parser.add_argument("--only", help="comma-separated scenario names (or 'costs')")
     parser.add_argument("--skip-costs", action="store_true")
+    parser.add_argument(
+        "--peers",
+        default=",".join(peers.PEERS),
+        help="comma-separated peers to measure beside txcmux, or 'none'"
+        f" (default: {','.join(peers.PEERS)}, those installed)",
+    )
     parser.add_argument("--chart", help="write the ratio chart (PNG) here")
     parser.add_argument("--json", help="write every number (JSON) here")
     parser.add_argument(
@@ -674,9 +996,9 @@ def main(argv: list[str] | None = None) -> int:
         return replot(args.replot, args.chart or "ratios.png")
 
     s = Settings()
-    if args.quick:
+    if args.quick:  # 256 MiB: at least 10 ms (one clock tick) of the sink's CPU
         s = Settings(
-            seconds=1.0, rounds=1, warmup=0.0, bulk_bytes=64 * MIB,
+            seconds=1.0, rounds=1, warmup=0.0, bulk_bytes=256 * MIB,
             idle_connections=1000, probes=200,
         )  # fmt: skip
     if args.rounds is not None:
@@ -691,8 +1013,22 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"missing load generators: {', '.join(missing)}", file=sys.stderr)
         return 2
+    chosen = () if args.peers == "none" else tuple(args.peers.split(","))
+    if set(chosen) - set(peers.PEERS):
+        parser.error(
+            f"unknown peer(s): {', '.join(sorted(set(chosen) - set(peers.PEERS)))}"
+        )
 
     s.workdir = tempfile.mkdtemp(prefix="txcmux-bench-run-")
+    skipped = {k: v for k, v in peers.missing().items() if k in chosen}
+    if {"go-direct", "go-cmux"} & set(chosen) - set(skipped):
+        try:
+            s.go_binary = peers.build_go(s.workdir)
+        except peers.PeerError as error:
+            skipped["go-direct"] = skipped["go-cmux"] = str(error)
+    for name in sorted(skipped, key=peers.PEERS.index):
+        print(f"peer {name} skipped: {skipped[name]}", flush=True)
+    s.peers = tuple(name for name in chosen if name not in skipped)
     log_path = args.log or os.path.join(s.workdir, "servers.log")
     started = time.time()
     load_before = load_average()
@@ -706,6 +1042,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             print(
                 f"  {scenario.name}: direct {result.direct} txcmux {result.through}"
+                + "".join(
+                    f" {name} {'ERROR ' + p.error if p.error else p.values}"
+                    for name, p in result.peers.items()
+                )
                 + (f" ERROR {result.error}" if result.error else ""),
                 flush=True,
             )
@@ -720,6 +1060,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(results))
     print()
+    if any(r.peers for r in results):
+        print(peers_table(results))
+        print()
+        if peer_notes_text(results):
+            print(peer_notes_text(results))
+            print()
+        print(half_close_text(results))
+        print()
     print(costs_text(latency, memory))
     print()
     note = (
@@ -736,7 +1084,12 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(
             json.dumps(
                 {
-                    "settings": {k: v for k, v in s.__dict__.items() if k != "workdir"},
+                    "settings": {
+                        k: v
+                        for k, v in s.__dict__.items()
+                        if k not in ("workdir", "go_binary")
+                    },
+                    "peers_skipped": skipped,
                     "load_before": load_before,
                     "load_after": load_after,
                     "results": [r.as_dict() for r in results],
@@ -747,6 +1100,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     failed = [r.scenario.name for r in results if r.ratio is None]
+    failed += [
+        f"{r.scenario.name}/{name}"
+        for r in results
+        for name, p in r.peers.items()
+        if p.error or not p.values
+    ]
     if (
         (latency is None or memory is None)
         and not args.skip_costs

@@ -23,6 +23,7 @@ backends are real, the others point at a closed port and stay unused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -53,6 +54,8 @@ BODY = b"hello, world\n"
 BACKLOG = 1024
 #: A port nothing listens on: backends of routes a scenario does not use.
 UNUSED_BACKEND = "tcp:host=127.0.0.1:port=9"
+#: The sink's length meaning "count until the end of input".
+UNTIL_EOF = (1 << 64) - 1
 
 
 def raise_file_limit() -> int:
@@ -148,10 +151,15 @@ def run_grpc_direct(workers: int) -> None:
 
 
 def run_sink() -> None:
-    """A byte sink: reads each connection to its end, answers the byte count.
+    """A byte sink: counts what each connection sends, answers the count.
 
-    Plain blocking sockets, one thread per connection, so that the direct
-    side of the relay benchmark runs at the speed of the loopback itself.
+    A connection starts with one line (the client's SSH identification, so
+    that a multiplexer routes it to a relay) and an 8-byte big-endian length
+    N; the sink answers the count of the bytes after them, as 8 bytes, once
+    N have arrived or at end of input, whichever comes first.  A length of
+    :data:`UNTIL_EOF` waits for the end (a half-close).  Plain blocking
+    sockets, one thread per connection, so that the direct side of the relay
+    benchmark runs at the speed of the loopback itself.
     """
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -161,14 +169,27 @@ def run_sink() -> None:
     def drain(connection: socket.socket) -> None:
         buffer = bytearray(1 << 20)
         view = memoryview(buffer)
+        head = b""
         total = 0
+        wanted: int | None = None
         with connection:
-            while True:
+            while wanted is None or total < wanted:
                 count = connection.recv_into(view)
                 if not count:
                     break
-                total += count
-            connection.sendall(total.to_bytes(8, "big"))
+                if wanted is not None:
+                    total += count
+                    continue
+                head += bytes(view[:count])
+                end = head.find(b"\n")
+                if end < 0 or len(head) < end + 9:
+                    if len(head) > 4096:
+                        break  # not a benchmark client
+                    continue
+                wanted = int.from_bytes(head[end + 1 : end + 9], "big")
+                total = len(head) - end - 9
+            with contextlib.suppress(OSError):
+                connection.sendall(total.to_bytes(8, "big"))
         totals.append(total)
 
     def accept() -> None:

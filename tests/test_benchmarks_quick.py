@@ -1,43 +1,57 @@
 """The benchmark suite still runs: ``python -m benchmarks --quick`` end to end.
 
 Runs every scenario once, briefly, as a subprocess and checks that each one
-produced a number on both sides, and that the absolute costs were measured.
-No timing is asserted: this machine is shared, and the point is that the
-suite never rots.  Needs wrk and h2load (skipped without them).
+produced a number on both sides, that the absolute costs were measured, and
+that every installed peer (HAProxy, sslh, Go cmux) got its rows.  No timing
+is asserted: this machine is shared, and the point is that the suite never
+rots.  Needs wrk and h2load (skipped without them); each peer's checks are
+skipped, with the reason, where the peer is not installed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from benchmarks import peers
+from benchmarks.run import AGAINST, SCENARIOS, SIDE_TITLES
+
 ROOT = Path(__file__).resolve().parent.parent
 
-
-@pytest.mark.skipif(
+needs_load_generators = pytest.mark.skipif(
     shutil.which("wrk") is None or shutil.which("h2load") is None,
     reason="the benchmarks need wrk and h2load",
 )
-def test_quick_run_measures_every_scenario(tmp_path: Path) -> None:
-    from benchmarks.run import SCENARIOS
 
-    results_file = tmp_path / "results.json"
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    """One ``--quick`` run of everything: (its --json results, its stdout)."""
+    results_file = tmp_path_factory.mktemp("bench") / "results.json"
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--json", str(results_file)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads(results_file.read_text())
+    return json.loads(results_file.read_text()), done.stdout
 
+
+@needs_load_generators
+def test_quick_run_measures_every_scenario(
+    quick_run: tuple[dict[str, Any], str],
+) -> None:
+    results, stdout = quick_run
     by_name = {r["name"]: r for r in results["results"]}
     assert sorted(by_name) == sorted(sc.name for sc in SCENARIOS)
     for name, result in by_name.items():
@@ -49,7 +63,7 @@ def test_quick_run_measures_every_scenario(tmp_path: Path) -> None:
         assert result["direct_cpu_us"][0] > 0, name
         assert result["through_cpu_us"][0] > 0, name
         assert result["cpu_ratio"] > 0, name
-        assert f"| {name} |" in done.stdout  # the table shows it
+        assert f"| {name} |" in stdout  # the table shows it
 
     latency = results["latency"]
     assert len(latency["delivered_us"]) == 3
@@ -62,4 +76,68 @@ def test_quick_run_measures_every_scenario(tmp_path: Path) -> None:
     assert memory["connections"] > 0
     assert memory["rss_during_kib"] > memory["rss_before_kib"]
     assert memory["probe_during_us"]["n"] > 0
-    assert "Memory per silent connection" in done.stdout
+    assert "Memory per silent connection" in stdout
+
+
+@needs_load_generators
+@pytest.mark.parametrize("peer", peers.PEERS)
+def test_quick_run_measures_each_installed_peer(
+    quick_run: tuple[dict[str, Any], str], peer: str
+) -> None:
+    reason = peers.missing().get(peer)
+    if reason:
+        pytest.skip(reason)
+    results, stdout = quick_run
+    assert peer not in results["peers_skipped"], results["peers_skipped"]
+    scenarios = [sc.name for sc in SCENARIOS if peer in sc.peers]
+    assert scenarios, peer
+    by_name = {r["name"]: r for r in results["results"]}
+    for name in scenarios:
+        row = by_name[name]["peers"][peer]
+        assert row["error"] is None, (name, row["error"])
+        assert len(row["values"]) == 1 and row["values"][0] > 0, name
+        assert row["against"] == AGAINST[peer]
+        assert row["ratio"] > 0 and row["median_round_ratio"] > 0, name
+        # The CPU of every process serving the peer's side was counted.
+        assert row["cpu_us"] > 0 and row["cpu_ratio"] > 0, name
+        assert f"| {name} | {SIDE_TITLES[peer]} | {AGAINST[peer]} |" in stdout
+    # The relay row checked, with a real socket, whether a half-close passes.
+    check = by_name["relay-bulk"]["half_close"][peer]
+    assert isinstance(check["passed"], bool) and check["seen"], check
+    assert f"{peer}: " in stdout
+
+
+@needs_load_generators
+def test_txcmux_relay_passes_a_half_close(
+    quick_run: tuple[dict[str, Any], str],
+) -> None:
+    """The reference sink and txcmux's relay both carry the end of stream."""
+    results, _ = quick_run
+    (relay,) = [r for r in results["results"] if r["name"] == "relay-bulk"]
+    assert relay["half_close"]["direct"]["passed"], relay["half_close"]
+    assert relay["half_close"]["txcmux"]["passed"], relay["half_close"]
+
+
+@needs_load_generators
+def test_a_missing_peer_is_skipped_with_one_line(tmp_path: Path) -> None:
+    """Without haproxy, sslh and go on the PATH the run goes on without them."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("wrk", "h2load"):
+        (tools / tool).symlink_to(shutil.which(tool) or tool)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--skip-costs",
+         "--only", "http1-keepalive"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PATH": str(tools)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    skipped = [line for line in done.stdout.splitlines() if line.startswith("peer ")]
+    assert skipped == [
+        "peer haproxy skipped: haproxy is not installed (Debian: haproxy)",
+        "peer sslh skipped: sslh-select is not installed (Debian: sslh)",
+        "peer go-direct skipped: go is not installed (Debian: golang-go)",
+        "peer go-cmux skipped: go is not installed (Debian: golang-go)",
+    ]
+    assert "| http1-keepalive |" in done.stdout
+    assert "HAProxy" not in done.stdout
