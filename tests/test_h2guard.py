@@ -176,3 +176,35 @@ def test_requests_reset_in_the_same_read_raise_nothing() -> None:
     body = b"".join(e.data for e in events if isinstance(e, DataReceived))
     assert body == b"hello"
     assert any(isinstance(e, StreamEnded) and e.stream_id == stream for e in events)
+
+
+def test_a_request_in_the_same_read_as_goaway_logs_no_failure() -> None:
+    """h2 closes the connection on the client's GOAWAY; the Site's answer to
+    the request before it is dropped instead of failing in h2."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from twisted.logger import LogEvent, globalLogPublisher
+
+    clock = Clock()
+    connection = web(clock).buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    client = H2Connection(H2Configuration(client_side=True))
+    client.initiate_connection()
+    request = [(":method", "GET"), (":path", "/hello"), (":scheme", "http")]
+    client.send_headers(1, [*request, (":authority", "x")], end_stream=True)
+    client.close_connection()
+    failures: list[LogEvent] = []
+
+    def observe(event: LogEvent) -> None:
+        if "log_failure" in event:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        connection.dataReceived(client.data_to_send())
+        clock.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert [e["log_failure"].value for e in failures] == []
+    assert transport.disconnecting

@@ -26,12 +26,15 @@ header (it never looks inside a frame) and says when one announces more::
    (measured with Twisted 26.10 and h2 4.4.1).  Writes for a stream h2 no
    longer has open are dropped instead, as Twisted already does for some of
    them; its own reset rate limit (a token bucket, GOAWAY ENHANCE_YOUR_CALM)
-   still applies.
+   still applies.  The same holds for a request that arrives in the same
+   read as the client's GOAWAY: h2 has closed the connection, and its
+   ``ProtocolError`` was logged as a failed request.
 
 :func:`guarded` makes the subclass of Twisted's H2Connection that the web
 target uses: it feeds every read to a :class:`FrameLengths` before h2 sees
 it, closes the connection with a GOAWAY (FRAME_SIZE_ERROR) on the header
-of such a frame, and drops writes for streams h2 has closed.
+of such a frame, and drops writes for streams (or a connection) h2 has
+closed.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 
 from .._log import describe_peer, log
@@ -135,6 +139,8 @@ def guarded(connection_class: type[Any]) -> type[Any]:
             self.transport.loseConnection()
 
         def _stream_closed(self, stream_id: int) -> bool:
+            if self.conn.state_machine.state is ConnectionState.CLOSED:
+                return True  # a GOAWAY came: h2 refuses to send anything
             stream = self.conn.streams.get(stream_id)
             return stream is None or bool(stream.closed)
 
