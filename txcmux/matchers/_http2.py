@@ -131,6 +131,8 @@ def header_matcher(
     def verdict(data: bytes) -> Verdict:
         headers = first_headers(data)
         if isinstance(headers, Verdict):
+            if headers is NEED_MORE and len(data) >= max_bytes:
+                return NO_MATCH  # frames before the headers past the bound
             if headers is NEED_MORE and len(data) >= len(PREFACE):
                 return waiting
             return headers
