@@ -244,7 +244,9 @@ def tls(
     def verdict(data: bytes) -> Verdict:
         hello = parse_client_hello(data, max_bytes)
         if isinstance(hello, Verdict):
-            return hello
+            # Records of a few bytes each make the hello longer on the wire
+            # than the message itself: past the bound, it is not waited for.
+            return NO_MATCH if hello is NEED_MORE and len(data) >= max_bytes else hello
         if wanted_versions is not None and hello.versions.isdisjoint(wanted_versions):
             return NO_MATCH
         if patterns is not None and not (
