@@ -136,7 +136,11 @@ def mutated(draw: st.DrawFn, seeds: dict[str, bytes] | None = None) -> bytes:
 
 
 def _vector(length_size: int, body: bytes) -> bytes:
-    return len(body).to_bytes(length_size, "big") + body
+    """``body`` after its length (cut to what the length field holds: a
+    mutated body may be longer, and then its length is wrong, as fuzzing
+    wants)."""
+    length = min(len(body), (1 << 8 * length_size) - 1)
+    return length.to_bytes(length_size, "big") + body
 
 
 @st.composite

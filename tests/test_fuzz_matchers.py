@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import hpack
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
@@ -25,7 +26,7 @@ from zope.interface import provider
 from txcmux import matchers
 from txcmux._plugins import BUILTIN_MATCHERS
 from txcmux.matchers import EMPTY_SETTINGS, PREFACE, Outcome, Verdict
-from txcmux.testing import SwitchHarness, split_at
+from txcmux.testing import CAPTURES, SwitchHarness, split_at
 
 from .fuzzing import (
     CLIENT,
@@ -101,40 +102,60 @@ def test_matchers_never_raise_and_stay_monotone_and_bounded(
 
 
 def _waiting_streams() -> dict[str, bytes]:
-    """Openings built to keep matchers waiting as long as they will."""
+    """Openings built to keep matchers waiting as long as they will, most of
+    them completed at the end (past every bound) by what a matcher wants."""
     size = 70000
     settings = frame(4, 0, 0, b"\x00\x03\x00\x00\x00\x64")
+    grpc_headers = frame(
+        1, 4, 1, bytes(hpack.Encoder().encode([(b"content-type", b"application/grpc")]))
+    )
     hello = b"\x01" + (60000).to_bytes(3, "big") + b"\x03\x03" + b"\x00" * 59998
-    one_byte_records = b"".join(b"\x16\x03\x01\x00\x01" + bytes([b]) for b in hello)
+    curl = CAPTURES["curl-tls-clienthello.bin"]
+    websocket = b"Upgrade: websocket\r\n\r\n"
     return {
-        "h2 SETTINGS flood": PREFACE + settings * (size // len(settings)),
-        "h2 unknown frames": PREFACE + frame(0xFA, 0, 0, b"x" * 16000) * 5,
-        "TLS 1-byte records": one_byte_records[:size],
+        "h2 SETTINGS flood": PREFACE
+        + settings * (size // len(settings))
+        + grpc_headers,
+        "h2 unknown frames": PREFACE
+        + frame(0xFA, 0, 0, b"x" * 16000) * 5
+        + grpc_headers,
+        "TLS 1-byte records": _one_byte_records(hello)[:size],
+        "TLS curl hello in 1-byte records": _one_byte_records(curl[5:]),
         "TLS big records": b"\x16\x03\x01" + (18000).to_bytes(2, "big") + hello[:18000],
-        "HTTP header flood": b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * (size // 8),
-        "HTTP long target": b"GET /" + b"a" * size,
-        "XMPP long tag": b"<stream:stream " + b"a" * size,
-        "XMPP declaration": b"<?xml " + b"a" * size,
-        "SOCKS4 long user": b"\x04\x01\x00\x50\x7f\x00\x00\x01" + b"u" * size,
+        "HTTP header flood": b"GET / HTTP/1.1\r\n"
+        + b"X-A: b\r\n" * (size // 8)
+        + websocket,
+        "HTTP long target": b"GET /" + b"a" * size + b" HTTP/1.1\r\n" + websocket,
+        "XMPP long tag": b"<stream:stream " + b"a" * size + b" xmlns='jabber:client'>",
+        "XMPP declaration": b"<?xml "
+        + b"a" * size
+        + b"?><stream:stream xmlns='jabber:client'>",
+        "SOCKS4 long user": b"\x04\x01\x00\x50\x7f\x00\x00\x01" + b"u" * size + b"\x00",
         "RESP": b"*1234567890",
         "zeros": b"\x00" * size,
         "letters": b"A" * size,
     }
 
 
-def test_no_matcher_waits_past_its_bound() -> None:
-    """At ``max_bytes`` every matcher has decided, whatever kept it waiting."""
+def _one_byte_records(message: bytes) -> bytes:
+    return b"".join(b"\x16\x03\x01\x00\x01" + bytes([b]) for b in message)
+
+
+def test_no_matcher_waits_past_its_bound_or_decides_past_it() -> None:
+    """At ``max_bytes`` every matcher has decided, whatever kept it waiting,
+    and what follows the bound does not change its answer."""
     for stream_name, stream in _waiting_streams().items():
         for name, matcher in MATCHERS.items():
             variant = bound(matcher)
             limit = variant.max_bytes
-            for length in (limit, limit + 1, limit + 4000):
-                if length <= len(stream):
-                    outcome = variant(stream[:length]).outcome
-                    assert outcome is not Outcome.NEED_MORE, (
-                        f"{name} needs more after {length} bytes of"
-                        f" {stream_name} (max_bytes {limit})"
-                    )
+            lengths = [
+                n
+                for n in (limit - 1, limit, limit + 1, len(stream))
+                if 0 <= n <= len(stream)
+            ]
+            check_matcher(
+                f"{name} on {stream_name}", variant, stream, sorted(set(lengths))
+            )
 
 
 @fuzz_settings(200)
@@ -284,3 +305,40 @@ def test_tls_filters_decide_at_their_bound() -> None:
     assert matcher(records[:299]).outcome is Outcome.NEED_MORE
     assert matcher(records[:300]).outcome is Outcome.NO_MATCH
     assert matcher(records).outcome is Outcome.NO_MATCH
+
+
+def test_what_completes_past_the_bound_does_not_match_in_one_read_either() -> None:
+    # A request line, header block, XMPP tag, ClientHello or HTTP/2 header
+    # block completed past max_bytes matched when it came in one read, but
+    # not read by read (the route gave up at the bound): the decision
+    # depended on the split.
+    ws = b"Upgrade: websocket\r\n\r\n"
+    curl = CAPTURES["curl-tls-clienthello.bin"]
+    settings = frame(4, 0, 0, b"\x00\x03\x00\x00\x00\x64")
+    path = frame(1, 4, 1, bytes(hpack.Encoder().encode([(b":path", b"/x")])))
+    cases = [
+        (matchers.http1(max_request_line=40), b"GET /" + b"a" * 40 + b" HTTP/1.1\r\n"),
+        (
+            matchers.http1_header("upgrade", "websocket", max_bytes=60),
+            b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 6 + ws,
+        ),
+        (
+            matchers.websocket(max_bytes=60),
+            b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 6 + ws,
+        ),
+        (
+            matchers.xmpp(),
+            b"<stream:stream " + b"a" * 4096 + b" xmlns='jabber:client'>",
+        ),
+        (matchers.tls(sni="localhost", max_bytes=300), _one_byte_records(curl[5:])),
+        (
+            matchers.http2_header(":path", "/x", max_bytes=200),
+            PREFACE + settings * 20 + path,
+        ),
+    ]
+    for matcher, stream in cases:
+        assert matcher(stream).outcome is Outcome.NO_MATCH, matcher.name
+        harness = SwitchHarness({"it": matcher, "rest": matchers.any()})
+        whole = harness.feed(stream)
+        bytewise = harness.feed(*[stream[i : i + 1] for i in range(len(stream))])
+        assert whole.route == bytewise.route == "rest", matcher.name

@@ -129,10 +129,14 @@ def header_matcher(
     )
 
     def verdict(data: bytes) -> Verdict:
+        # Only the first max_bytes count, however many arrived in one read:
+        # a header block ending past the bound matches no more than one
+        # still unfinished there (the answer must not depend on the split).
+        data = data[:max_bytes]
         headers = first_headers(data)
         if isinstance(headers, Verdict):
             if headers is NEED_MORE and len(data) >= max_bytes:
-                return NO_MATCH  # frames before the headers past the bound
+                return NO_MATCH  # frames before the headers up to the bound
             if headers is NEED_MORE and len(data) >= len(PREFACE):
                 return waiting
             return headers
