@@ -342,3 +342,19 @@ def test_what_completes_past_the_bound_does_not_match_in_one_read_either() -> No
         whole = harness.feed(stream)
         bytewise = harness.feed(*[stream[i : i + 1] for i in range(len(stream))])
         assert whole.route == bytewise.route == "rest", matcher.name
+
+
+def test_bytes_the_ack_filter_holds_reach_the_target_at_a_half_close() -> None:
+    # The filter held back a frame header cut short by the client's
+    # half-close, and those bytes never reached the target.
+    harness = SwitchHarness({"grpc": matchers.grpc(), "h2": matchers.http2()})
+    for stream in (
+        PREFACE + b"\r\n",
+        PREFACE + frame(4, 0, 0, b"") + b"\x00\x00",
+    ):
+        whole = harness.feed(stream, eof=True)
+        assert whole.route == "h2" and whole.replayed == stream
+        bytewise = harness.feed(
+            *[stream[i : i + 1] for i in range(len(stream))], eof=True
+        )
+        assert bytewise.route == "h2" and bytewise.replayed == stream

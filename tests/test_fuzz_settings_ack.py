@@ -90,3 +90,28 @@ def test_bytes_after_the_ack_pass_untouched(
     out, done = _feed(split_at(stream, *cuts))
     assert out == PREFACE + b"".join(plain) + tail
     assert done
+
+
+@fuzz_settings(300)
+@given(
+    frames=frames,
+    partial=st.binary(min_size=1, max_size=8),
+    cuts=st.lists(st.integers(0, 2000), max_size=12),
+)
+def test_a_frame_header_cut_by_the_end_of_the_stream_is_given_back(
+    frames: list[bytes], partial: bytes, cuts: list[int]
+) -> None:
+    # The filter holds a frame header back until its nine bytes are in; when
+    # the client closes its side first, flush() gives the bytes back (they
+    # were lost before).
+    stream = PREFACE + b"".join(frames) + partial
+    first = next((i for i, raw in enumerate(frames) if _is_ack(raw)), None)
+    kept = frames if first is None else frames[:first] + frames[first + 1 :]
+    strip = SettingsAckFilter()
+    out = b"".join(strip.feed(piece) for piece in split_at(stream, *cuts))
+    if first is not None:
+        assert strip.done
+        assert out == PREFACE + b"".join(kept) + partial
+    else:
+        assert out + strip.flush() == stream
+    assert strip.flush() == b""

@@ -252,6 +252,16 @@ class SettingsAckFilter:
             return expected + self._frames(data[len(expected) :])
         return self._frames(data)
 
+    def flush(self) -> bytes:
+        """The client closed its side: return the bytes held back, if any.
+
+        A frame header cut short by the end of the stream is not a SETTINGS
+        ACK; the target gets it as it came.
+        """
+        held, self._header = self._header, b""
+        self.done = True
+        return held
+
     def _frames(self, data: bytes) -> bytes:
         out: list[bytes] = []
         view = memoryview(data)

@@ -43,6 +43,20 @@ class AnswerFilter(Protocol):
     def feed(self, data: bytes) -> bytes: ...
 
 
+def flush_filter(answer_filter: AnswerFilter) -> bytes:
+    """What ``answer_filter`` still holds back, once the client closed its side.
+
+    A filter that holds bytes back between reads (a frame header cut by a
+    read) gives them up through a ``flush()`` method returning them;
+    a filter without one holds nothing.
+    """
+    flush = getattr(answer_filter, "flush", None)
+    if flush is None:
+        return b""
+    held: bytes = flush()
+    return held
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """A matcher's answer, with what it needs written to the peer, if anything.
@@ -158,4 +172,14 @@ class FilterChain:
         for answer_filter in self._filters:
             data = answer_filter.feed(data)
         self.done = all(f.done for f in self._filters)
+        return data
+
+    def flush(self) -> bytes:
+        """What the filters hold back, each one's passed through the next."""
+        data = b""
+        for answer_filter in self._filters:
+            if data:
+                data = answer_filter.feed(data)
+            data += flush_filter(answer_filter)
+        self.done = True
         return data
