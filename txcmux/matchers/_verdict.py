@@ -35,7 +35,10 @@ class AnswerFilter(Protocol):
     It is fed the client's bytes in order, from the first byte the matchers
     saw, and returns what the target is to receive of them.  Once ``done``
     is true it would pass everything through unchanged, and the detector
-    stops feeding it (and leaves the data path).
+    stops feeding it (and leaves the data path).  A filter that holds bytes
+    back between reads may also have ``flush() -> bytes``, which the
+    detector calls when the client closes its side, to hand the target
+    what is held (see :func:`flush_filter`).
     """
 
     done: bool
