@@ -29,7 +29,7 @@ from ._handoff import Handoff, IHandoffReceiver, install, present_client
 from ._log import SHOWN_BYTES, describe_peer, log
 from ._prelude import PreludeRead
 from ._route import Route
-from .matchers._verdict import AnswerFilter, FilterChain, Verdict
+from .matchers._verdict import AnswerFilter, FilterChain, Verdict, flush_filter
 
 if TYPE_CHECKING:
     from ._factory import ProtocolSwitchingFactory
@@ -356,6 +356,14 @@ class Detector(Protocol):
             self._target.dataReceived(data)
 
     def _forward_eof(self) -> None:
+        answer_filter = self._filter
+        if answer_filter is not None and self._target is not None:
+            # No more bytes will come: what the filter held back (a frame
+            # header cut short) is the client's last, and the target's.
+            self._filter = None
+            held = flush_filter(answer_filter)
+            if held:
+                self._target.dataReceived(held)
         half_closeable = IHalfCloseableProtocol(self._target, None)
         if half_closeable is not None:
             half_closeable.readConnectionLost()

@@ -179,6 +179,10 @@ def _parse_v1(data: bytes) -> Parsed:
         if b"\n" in data or b"\0" in data:
             return ProxyError("PROXY v1: a line that does not end in CRLF")
         return NEED_MORE
+    if b"\n" in data[:end] or b"\0" in data[:end]:
+        # As refused above while the CRLF has not arrived: the answer must
+        # not depend on whether it came in the same read.
+        return ProxyError("PROXY v1: a line that does not end in CRLF")
     length = end + 2
     words = data[len(V1_SIGNATURE) : end].split(b" ")
     family = words[0]

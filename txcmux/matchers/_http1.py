@@ -168,7 +168,10 @@ def http1(max_request_line: int = DEFAULT_MAX_REQUEST_LINE) -> FunctionMatcher:
         end = request_line_end(data)
         if end is NEED_MORE and len(data) >= max_request_line:
             return NO_MATCH  # a line longer than allowed is not waited for
-        return end if isinstance(end, Verdict) else MATCH
+        if isinstance(end, Verdict):
+            return end
+        # Nor does it match when it arrives whole in one read.
+        return MATCH if end <= max_request_line else NO_MATCH
 
     return FunctionMatcher("http1", max_request_line, verdict, alpn=_HTTP1_ALPN)
 
@@ -202,6 +205,8 @@ def http1_header(
         raise ValueError(f"http1_header(): {name!r} is not an HTTP field name")
 
     def verdict(data: bytes) -> Verdict:
+        # Only the first max_bytes count, however many arrived in one read.
+        data = data[:max_bytes]
         found = scan(data)
         if found is NEED_MORE and len(data) >= max_bytes:
             return NO_MATCH  # a header block longer than allowed is not waited for

@@ -129,8 +129,14 @@ def header_matcher(
     )
 
     def verdict(data: bytes) -> Verdict:
+        # Only the first max_bytes count, however many arrived in one read:
+        # a header block ending past the bound matches no more than one
+        # still unfinished there (the answer must not depend on the split).
+        data = data[:max_bytes]
         headers = first_headers(data)
         if isinstance(headers, Verdict):
+            if headers is NEED_MORE and len(data) >= max_bytes:
+                return NO_MATCH  # frames before the headers up to the bound
             if headers is NEED_MORE and len(data) >= len(PREFACE):
                 return waiting
             return headers
@@ -245,6 +251,16 @@ class SettingsAckFilter:
                 return data
             return expected + self._frames(data[len(expected) :])
         return self._frames(data)
+
+    def flush(self) -> bytes:
+        """The client closed its side: return the bytes held back, if any.
+
+        A frame header cut short by the end of the stream is not a SETTINGS
+        ACK; the target gets it as it came.
+        """
+        held, self._header = self._header, b""
+        self.done = True
+        return held
 
     def _frames(self, data: bytes) -> bytes:
         out: list[bytes] = []

@@ -64,6 +64,7 @@ def websocket(
         raise ValueError(f"websocket(): the path must start with '/', not {path!r}")
 
     def verdict(data: bytes) -> Verdict:
+        data = data[:max_bytes]  # however many arrived in one read
         found = scan(data)
         if found is NEED_MORE and len(data) >= max_bytes:
             return NO_MATCH
@@ -260,6 +261,7 @@ def _xmpp_verdict(data: bytes) -> Verdict:
 
 
 def _xmpp(data: bytes) -> Verdict:
+    data = data[:_XMPP_MAX]  # however many arrived in one read
     found = _xmpp_verdict(data)
     return NO_MATCH if found is NEED_MORE and len(data) >= _XMPP_MAX else found
 

@@ -242,9 +242,13 @@ def tls(
         return FunctionMatcher("tls", 6, _record_start_verdict)
 
     def verdict(data: bytes) -> Verdict:
+        # Records of a few bytes each make the hello longer on the wire than
+        # the message itself: only the first max_bytes count, however many
+        # arrived in one read, and a hello unfinished there does not match.
+        data = data[:max_bytes]
         hello = parse_client_hello(data, max_bytes)
         if isinstance(hello, Verdict):
-            return hello
+            return NO_MATCH if hello is NEED_MORE and len(data) >= max_bytes else hello
         if wanted_versions is not None and hello.versions.isdisjoint(wanted_versions):
             return NO_MATCH
         if patterns is not None and not (

@@ -35,12 +35,29 @@ class AnswerFilter(Protocol):
     It is fed the client's bytes in order, from the first byte the matchers
     saw, and returns what the target is to receive of them.  Once ``done``
     is true it would pass everything through unchanged, and the detector
-    stops feeding it (and leaves the data path).
+    stops feeding it (and leaves the data path).  A filter that holds bytes
+    back between reads may also have ``flush() -> bytes``, which the
+    detector calls when the client closes its side, to hand the target
+    what is held (see :func:`flush_filter`).
     """
 
     done: bool
 
     def feed(self, data: bytes) -> bytes: ...
+
+
+def flush_filter(answer_filter: AnswerFilter) -> bytes:
+    """What ``answer_filter`` still holds back, once the client closed its side.
+
+    A filter that holds bytes back between reads (a frame header cut by a
+    read) gives them up through a ``flush()`` method returning them;
+    a filter without one holds nothing.
+    """
+    flush = getattr(answer_filter, "flush", None)
+    if flush is None:
+        return b""
+    held: bytes = flush()
+    return held
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,4 +175,14 @@ class FilterChain:
         for answer_filter in self._filters:
             data = answer_filter.feed(data)
         self.done = all(f.done for f in self._filters)
+        return data
+
+    def flush(self) -> bytes:
+        """What the filters hold back, each one's passed through the next."""
+        data = b""
+        for answer_filter in self._filters:
+            if data:
+                data = answer_filter.feed(data)
+            data += flush_filter(answer_filter)
+        self.done = True
         return data
