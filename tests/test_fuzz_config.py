@@ -206,6 +206,12 @@ _ROUTE_VALUES: dict[str, st.SearchStrategy[object]] = {
         st.lists(import_paths, max_size=2),
     ),
     "factory": import_paths,
+    # An app, or a function called to make one (txcmux.demo.config returns a
+    # Config, which is no app: a clear error).
+    "wsgi": st.one_of(import_paths, st.just("txcmux.demo:config()")),
+    "wsgi_threads": ints,
+    "asgi": st.one_of(import_paths, st.just("txcmux.demo:config()")),
+    "asgi_lifespan": st.sampled_from(["auto", "on", "off", "sometimes", ""]),
     "tls": st.fixed_dictionaries(
         {},
         optional={
