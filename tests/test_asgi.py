@@ -192,10 +192,11 @@ def test_websocket_rejection_limits_and_drain(
     assert "cannot send AcceptConnection on the WebSocket /ws-bad-subprotocol" in output
 
 
-def test_a_failed_lifespan_startup_stops_the_service(tmp_path: Path) -> None:
+def run_until_it_stops(tmp_path: Path, app: str, extra: str = "") -> str:
+    """Run ``twistd -n cmux`` with ``app`` until it stops by itself; its output."""
     shutil.copy(HERE / "asgi_misbehaving.py", tmp_path)
     config = tmp_path / "asgi.toml"
-    config.write_text(CONFIG.format(app="failing_startup", extra=""), encoding="utf-8")
+    config.write_text(CONFIG.format(app=app, extra=extra), encoding="utf-8")
     result = subprocess.run(
         [*twistd_command(), "-n", "--pidfile=", "cmux", "--config", str(config)],
         cwd=tmp_path,
@@ -204,7 +205,11 @@ def test_a_failed_lifespan_startup_stops_the_service(tmp_path: Path) -> None:
         timeout=60,
         env=clean_environment(),
     )
-    output = result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_a_failed_lifespan_startup_stops_the_service(tmp_path: Path) -> None:
+    output = run_until_it_stops(tmp_path, "failing_startup")
     assert "ASGI app asgi_misbehaving:failing_startup: lifespan startup failed:" in (
         output
     )
@@ -220,18 +225,8 @@ def test_an_app_without_lifespan(
 ) -> None:
     extra = f'asgi_lifespan = "{lifespan}"'
     if not serves:
-        shutil.copy(HERE / "asgi_misbehaving.py", tmp_path)
-        config = tmp_path / "asgi.toml"
-        config.write_text(CONFIG.format(app="no_lifespan", extra=extra))
-        result = subprocess.run(
-            [*twistd_command(), "-n", "--pidfile=", "cmux", "--config", str(config)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=clean_environment(),
-        )
-        assert 'lifespan = "on", but the app raised' in result.stdout + result.stderr
+        output = run_until_it_stops(tmp_path, "no_lifespan", extra)
+        assert 'lifespan = "on", but the app raised' in output
         return
     running = serve(tmp_path, start_twistd, "no_lifespan", extra)
     result = curl(running.port, "/")
