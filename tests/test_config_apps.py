@@ -170,3 +170,51 @@ def test_asgi_without_its_extra_says_what_to_install(
         "target 'asgi' needs what pip install 'txcmux[asgi]' installs",
         "wsproto",
     )
+
+
+def test_requests_get_a_500_after_a_failed_startup() -> None:
+    """From Python (no twistd to stop): a request to an app whose lifespan
+    startup failed is answered 500, not left waiting."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        assert scope["type"] == "lifespan"
+        await receive()  # type: ignore[operator]
+        await send({"type": "lifespan.startup.failed", "message": "no db"})  # type: ignore[operator]
+
+    class Reactor(Clock):
+        """A clock whose callFromThread queues calls for the test to run."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.queued: list[tuple[object, tuple[object, ...]]] = []
+
+        def callFromThread(self, f: object, *args: object) -> None:
+            self.queued.append((f, args))
+
+        def run_calls(self, until: object, seconds: float = 10) -> None:
+            import time
+
+            deadline = time.monotonic() + seconds
+            while not until():  # type: ignore[operator]
+                assert time.monotonic() < deadline, "the app's thread said nothing"
+                while self.queued:
+                    f, args = self.queued.pop(0)
+                    f(*args)  # type: ignore[operator]
+                time.sleep(0.01)
+
+    reactor = Reactor()
+    api = ASGIApplication(app, reactor=reactor)
+    api.startService()
+    started = api.when_started()
+    failures: list[object] = []
+    started.addErrback(failures.append)
+    reactor.run_calls(lambda: failures)
+    connection = api.factory().buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    reactor.run_calls(lambda: b"\r\n\r\n" in transport.value())
+    assert transport.value().startswith(b"HTTP/1.1 500"), transport.value()
+    api.app_loop.stop()

@@ -161,9 +161,8 @@ class ASGIApplication(Service):
                 app=self.name,
                 error=failure.getErrorMessage(),
             )
-        else:
-            assert self._started is not None
-            self.app_loop.call_soon(self._started.set)
+        assert self._started is not None
+        self.app_loop.call_soon(self._started.set)  # waiting requests go on
         waiting, self._waiting = self._waiting, []
         for done in waiting:
             if failure is not None:
@@ -172,9 +171,12 @@ class ASGIApplication(Service):
                 done.callback(None)
 
     async def wait_started(self) -> None:
-        """(On the app's loop.)  Return once requests may be served."""
+        """(On the app's loop.)  Return once requests may be served; raise
+        :class:`LifespanError` (the request gets a 500) if the startup failed."""
         assert self._started is not None
         await self._started.wait()
+        if isinstance(self._outcome, Failure):
+            raise LifespanError("the app's lifespan startup failed")
 
     def stopService(self) -> Deferred[None]:
         """Run the lifespan shutdown, then stop the app's loop."""
