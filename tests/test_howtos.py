@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.stand_ins import ssh_stand_in
 from tests.test_twistd import clean_environment, twistd_command
 from txcmux.config import load
 
@@ -291,25 +291,9 @@ def test_https_sni_gives_each_name_its_certificate(serve, tmp_path: Path) -> Non
 
 @pytest.fixture
 def fake_sshd() -> Iterator[int]:
-    """A loopback server that greets like sshd and echoes one line back."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(30)
-
-    def serve_one() -> None:
-        try:
-            connection, _ = listener.accept()
-        except OSError:
-            return
-        with connection:
-            connection.settimeout(30)
-            connection.sendall(b"SSH-2.0-OpenSSH_9.2 fake\r\n")
-            connection.sendall(connection.recv(256))
-
-    thread = threading.Thread(target=serve_one, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    listener.close()
-    thread.join(timeout=30)
+    """A loopback server that greets like sshd and echoes what it reads."""
+    with ssh_stand_in(b"SSH-2.0-OpenSSH_9.2 fake\r\n") as port:
+        yield port
 
 
 @needs_curl

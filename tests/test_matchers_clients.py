@@ -345,14 +345,14 @@ def test_a_server_speaks_first_protocol_through_on_timeout(
 ) -> None:
     need("curl")
     pytest.importorskip("pyftpdlib")
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    (shared / "notes.txt").write_text("served over ftp\n")
+    ftp_root = tmp_path / "ftp-root"
+    ftp_root.mkdir()
+    (ftp_root / "notes.txt").write_text("served over ftp\n")
     ftp_port = free_port()
     config = tmp_path / "cmux.toml"
     config.write_text(SERVER_FIRST.replace("FTP_PORT", str(ftp_port)))
     ftp = [sys.executable, "-m", "pyftpdlib", "-i", "127.0.0.1", "-p", str(ftp_port)]
-    with serving(*ftp, "-d", str(shared), port=ftp_port):
+    with serving(*ftp, "-d", str(ftp_root), port=ftp_port):
         running: Running = start_twistd("--config", str(config))
         port = running.port
         assert curl(f"ftp://127.0.0.1:{port}/notes.txt") == "served over ftp\n"
