@@ -14,20 +14,18 @@ handlers (examples/django_app.py) are served each way too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import json
 import shutil
 import socket
 import ssl
 import subprocess
-import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.stand_ins import ssh_stand_in
 from tests.test_twistd import Running, assert_clean_exit, check_grpc, start_twistd
 from tests.tls_support import pki
 
@@ -35,36 +33,6 @@ __all__ = ["start_twistd"]  # the fixture, used by name
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 APPS = {"flask": "flask_app.py", "fastapi": "fastapi_app.py"}
-
-
-@contextlib.contextmanager
-def ssh_stand_in() -> Iterator[int]:
-    """A TCP server that greets like sshd, then echoes: the relay's backend."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(30)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = server.accept()
-            except OSError:
-                return
-            with connection:
-                connection.settimeout(10)
-                connection.sendall(b"SSH-2.0-stand-in\r\n")
-                with contextlib.suppress(OSError):
-                    while data := connection.recv(65536):
-                        connection.sendall(data)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        server.close()
-        thread.join(timeout=10)
 
 
 def config_for(tmp_path: Path, kind: str, ssh_port: int) -> Path:
@@ -198,6 +166,10 @@ def check_websocket(port: int) -> None:
 
     async def talk(url: str, **options: object) -> list[str]:
         async with connect(url, open_timeout=10, **options) as websocket:  # type: ignore[arg-type]
+            # The client offered permessage-deflate; the server took it.
+            assert websocket.response is not None
+            extensions = websocket.response.headers.get("Sec-WebSocket-Extensions")
+            assert extensions is not None and "permessage-deflate" in extensions
             answers = []
             for text in ("one", "two", "x" * 100_000):
                 await websocket.send(text)

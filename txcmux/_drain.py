@@ -34,7 +34,7 @@ from . import _compat
 _told: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def _inner(protocol: Any) -> Any:
+def http_channel_of(protocol: Any) -> Any:
     """The HTTP channel behind a chooser or Twisted's channel proxy, if any."""
     for _ in range(3):  # a chooser may hold a proxy, which holds the channel
         inner = getattr(protocol, "_channel", None)
@@ -51,7 +51,7 @@ def finish(protocol: Any) -> str:
     by its own method) or ``"other"`` (left alone).
     Safe to call again and again on the same connection.
     """
-    channel = _inner(protocol)
+    channel = http_channel_of(protocol)
     if isinstance(channel, http.HTTPChannel):
         _finish_http1(channel)
         return "http/1.1"

@@ -39,6 +39,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from zope.interface import implementer
 
+from .._drain import http_channel_of
 from .._handoff import install
 from .._log import describe_peer, log
 from ._asgi import ASGIApplication, scope_for
@@ -68,17 +69,22 @@ def start_websocket(app: ASGIApplication, request: Any) -> None:
     channel: Any = request.channel
     transport: Any = channel.transport
     connection = WebSocketConnection(app, request)
+    # What the transport calls: the channel, or a proxy in front of it.
     current = next(
         (
-            getattr(transport, name)
-            for name in ("protocol", "wrappedProtocol")
-            if getattr(transport, name, None) in (channel, _proxy_of(transport, name))
+            protocol
+            for protocol in (
+                getattr(transport, name, None)
+                for name in ("protocol", "wrappedProtocol")
+            )
+            if protocol is not None and http_channel_of(protocol) is channel
         ),
         None,
     )
     channel.setTimeout(None)
-    # The channel stops being the transport's producer and its protocol.
-    channel._networkProducer.unregisterProducer()
+    # The channel stops being the transport's producer (the connection
+    # registers itself when it is made) and its protocol.
+    transport.unregisterProducer()
     if current is None or not install(transport, current, connection):
         log.error(
             "txcmux: cannot take the connection from {channel} for a WebSocket",
@@ -88,12 +94,6 @@ def start_websocket(app: ASGIApplication, request: Any) -> None:
         return
     connection.makeConnection(transport)  # type: ignore[no-untyped-call]
     connection.handshake()
-
-
-def _proxy_of(transport: Any, name: str) -> object:
-    """The channel proxy a Site may put in front of its HTTP channel."""
-    proxy = getattr(transport, name, None)
-    return proxy if getattr(proxy, "_channel", None) is not None else None
 
 
 @implementer(IPushProducer)
