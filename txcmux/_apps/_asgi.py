@@ -133,7 +133,7 @@ class ASGIApplication(Service):
     def startService(self) -> None:
         """Start the app's loop, and its lifespan startup."""
         super().startService()  # type: ignore[no-untyped-call]
-        self.app_loop.begin()
+        self.app_loop.start()
         self._started = asyncio.Event()
         if self.lifespan == "off":
             self._ready(None)
@@ -337,7 +337,7 @@ class HTTPExchange:
         request.defaultContentType = None  # the app says
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(self._over)
-        self.app.app_loop.start(self._call_app())
+        self.app.app_loop.spawn(self._call_app())
 
     # -- the app's thread ----------------------------------------------------
 

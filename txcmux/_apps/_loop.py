@@ -33,7 +33,7 @@ class AppLoop:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
-    def begin(self) -> None:
+    def start(self) -> None:
         """Start the thread and its loop (returns once the loop runs)."""
         if self._thread is not None:
             return
@@ -66,7 +66,7 @@ class AppLoop:
         future.add_done_callback(settled)
         return done
 
-    def start(self, coroutine: Coroutine[Any, Any, object]) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, object]) -> None:
         """Run ``coroutine`` on the loop, with no word back (it reports itself)."""
         assert self.loop is not None, "the app's loop is not running"
         self.loop.call_soon_threadsafe(self.loop.create_task, coroutine)
