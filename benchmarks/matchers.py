@@ -6,7 +6,9 @@ HTTP/1.1 request, or an SSH identification line for the HTTP matchers),
 in microseconds: the median of ``--rounds`` rounds of ``--calls`` calls
 each, on one core, printed as a Markdown table for docs/matchers.md.
 Address matchers are timed bound to a connection (what the detector asks)
-and their binding separately, since it happens once per connection.
+and their binding separately, since it happens once per connection.  The
+last row is not a matcher: the frame-size guard the web target runs on
+every HTTP/2 read after the decision (docs/web.md).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from twisted.internet.address import IPv4Address
 
 from txcmux import matchers
+from txcmux._web._h2guard import FrameLengths
 from txcmux.testing import capture, http2_opening
 
 HTTP1 = capture("curl-http1.1.bin")
@@ -94,6 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     yes = _per_call(lambda: asked(HELLO), calls, rounds)
     print(f"| all_of(tls(sni), remote_ip): binding | {binding:.2f} | — |")
     print(f"| all_of(tls(sni), remote_ip): bound, asked | {yes:.2f} | — |")
+    # The web target's HTTP/2 frame-size guard, on every read after the
+    # decision: here, the frames of grpcio's opening as one read.
+    frames = GRPC[len(matchers.PREFACE) :]
+
+    def guard() -> object:
+        lengths = FrameLengths()
+        lengths.feed(matchers.PREFACE, 16384)
+        return lengths.feed(frames, 16384)
+
+    cost = _per_call(guard, calls, rounds)
+    print(f"| HTTP/2 frame-size guard (web target), per read | {cost:.2f} | — |")
     sys.stdout.flush()
     return 0
 
