@@ -88,7 +88,8 @@ def _finish_h2(connection: Any) -> None:
         # refuses to send anything more, and the open streams must go on.
         last = h2.highest_inbound_stream_id
         transport.write(GoAwayFrame(0, last_stream_id=last, error_code=0).serialize())
-    if not connection.streams:
+    # Streams forwarded to a gRPC backend are not Twisted's (_web._streams).
+    if not connection.streams and not getattr(connection, "forwarded", None):
         h2.close_connection()
         transport.write(h2.data_to_send())
         transport.loseConnection()

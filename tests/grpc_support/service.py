@@ -15,6 +15,9 @@ Methods of ``txcmux.test.Echo`` (requests and replies are raw bytes):
 - ``Bidi``: each message back as it arrives.
 - ``Wait``: holds the call open until the client goes (deadline, cancel),
   at most 20 s; records that in ``ENDED_EARLY``.
+- ``Metadata``: the call's metadata back, ``key=value`` lines sorted, and
+  the trailing metadata ``x-trailer: yes``; a request of ``fail`` ends it
+  with NOT_FOUND and the message ``no such thing``.
 """
 
 from __future__ import annotations
@@ -78,6 +81,14 @@ def _wait(request: bytes, context: Any) -> bytes:
     return b"waited"
 
 
+def _metadata(request: bytes, context: Any) -> bytes:
+    context.set_trailing_metadata((("x-trailer", "yes"),))
+    if request == b"fail":
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+    lines = sorted(f"{k}={v}" for k, v in context.invocation_metadata())
+    return "\n".join(lines).encode()
+
+
 def _identity(data: bytes) -> bytes:
     return data
 
@@ -94,6 +105,7 @@ def handler() -> grpc.GenericRpcHandler:
             "ClientStream": grpc.stream_unary_rpc_method_handler(_client_stream, **raw),
             "Bidi": grpc.stream_stream_rpc_method_handler(_bidi, **raw),
             "Wait": grpc.unary_unary_rpc_method_handler(_wait, **raw),
+            "Metadata": grpc.unary_unary_rpc_method_handler(_metadata, **raw),
         },
     )
 
@@ -114,6 +126,7 @@ class Stub:
         self.client_stream = channel.stream_unary(path + "ClientStream")
         self.bidi = channel.stream_stream(path + "Bidi")
         self.wait = channel.unary_unary(path + "Wait")
+        self.metadata = channel.unary_unary(path + "Metadata")
 
 
 def serve_tcp(port: int = 0, workers: int = 8) -> tuple[grpc.Server, int]:

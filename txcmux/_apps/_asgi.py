@@ -124,9 +124,13 @@ class ASGIApplication(Service):
         self._outcome: Failure | object | None = _PENDING
         self._waiting: list[Deferred[None]] = []
 
-    def factory(self, *, http2: bool = True) -> WebFactory:
-        """A protocol factory serving the app over HTTP/1.1, h2c and h2."""
-        return WebFactory(ASGIResource(self), reactor=self.reactor, http2=http2)
+    def factory(self, *, http2: bool = True, **web: Any) -> WebFactory:
+        """A protocol factory serving the app over HTTP/1.1, h2c and h2.
+
+        ``web`` are more of :class:`~txcmux.web.WebFactory`'s keywords
+        (``grpc_backend``, for one).
+        """
+        return WebFactory(ASGIResource(self), reactor=self.reactor, http2=http2, **web)
 
     # -- the service ---------------------------------------------------------
 

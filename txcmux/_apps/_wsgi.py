@@ -79,9 +79,13 @@ class WSGIApplication(Service):
         self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="txcmux-wsgi")
         self.resource = WSGIResource(self._reactor, self.pool, application)  # type: ignore[no-untyped-call]
 
-    def factory(self, *, http2: bool = True) -> WebFactory:
-        """A protocol factory serving the app over HTTP/1.1, h2c and h2."""
-        return WebFactory(self.resource, reactor=self._reactor, http2=http2)
+    def factory(self, *, http2: bool = True, **web: Any) -> WebFactory:
+        """A protocol factory serving the app over HTTP/1.1, h2c and h2.
+
+        ``web`` are more of :class:`~txcmux.web.WebFactory`'s keywords
+        (``grpc_backend``, for one).
+        """
+        return WebFactory(self.resource, reactor=self._reactor, http2=http2, **web)
 
     def startService(self) -> None:
         """Start the thread pool."""

@@ -159,9 +159,24 @@ class _Builder:
             from ..web import WebFactory
         except ImportError as error:
             self._unavailable(route, "web", error)
+        options = self._web_options(route)
         if isinstance(site_or_resource, Site):
-            return WebFactory(site_or_resource)
-        return WebFactory(site_or_resource, reactor=self.reactor)  # type: ignore[arg-type]
+            return WebFactory(site_or_resource, **options)
+        return WebFactory(site_or_resource, reactor=self.reactor, **options)  # type: ignore[arg-type]
+
+    def _web_options(self, route: RouteConfig) -> dict[str, Any]:
+        """WebFactory's keywords for ``route``'s grpc_backend, if it has one."""
+        if route.grpc_backend is None:
+            return {}
+        backend: object = route.grpc_backend
+        if backend == "in-process":
+            backend = self._in_process(route, "grpc_backend")
+        return {
+            "grpc_backend": backend,
+            "grpc_web": route.grpc_web,
+            "grpc_web_origins": route.grpc_web_origins,
+            "name": route.name,
+        }
 
     def _build(self, route: RouteConfig) -> IProtocolFactory:
         target = route.target
@@ -173,7 +188,7 @@ class _Builder:
             return self._web(route, File(str(target.directory)))
         if isinstance(target, (WsgiTarget, AsgiTarget)):
             app: Any = self._app(route, target)
-            return app.factory()  # type: ignore[no-any-return]
+            return app.factory(**self._web_options(route))  # type: ignore[no-any-return]
         if isinstance(target, FactoryTarget):
             return self._called(route, target.path, target.obj)  # type: ignore[no-any-return]
         if isinstance(target, ProxyTarget):
@@ -222,18 +237,30 @@ class _Builder:
         return app
 
     def _grpc(self, route: RouteConfig) -> IProtocolFactory:
+        return self._in_process(route, "grpc").factory(name=route.name)
+
+    def _in_process(self, route: RouteConfig, key: str) -> GrpcServer:
+        """The config's in-process gRPC server, made on first use."""
         try:
             from ..grpcserver import GrpcServer
         except ImportError as error:
             self._unavailable(route, "grpcserver", error)
         if self.grpc_server is None:
+            settings = self.config.grpc_server
             functions = [
                 function
                 for r in self.config.routes
                 if isinstance(r.target, GrpcTarget)
                 for function in r.target.functions
             ]
-            settings = self.config.grpc_server
+            if settings.services is not None:
+                functions.extend(settings.services.functions)
+            if not functions:
+                Where(self.config.source).in_route(route.name).at(key).fail(
+                    "the in-process gRPC server has no services; expected"
+                    ' [grpc_server] services = ["module:add_services"]'
+                    " (or a route with grpc = [...])"
+                )
             # Running calls get the drain's time to finish, unless told.
             grace = settings.grace
             self.grpc_server = GrpcServer(
@@ -244,7 +271,7 @@ class _Builder:
                 reactor=self.reactor,
                 grace=self.config.drain_timeout if grace is None else grace,
             )
-        return self.grpc_server.factory(name=route.name)
+        return self.grpc_server
 
     def _tls(self, route: RouteConfig, target: TLSTarget) -> IProtocolFactory:
         try:

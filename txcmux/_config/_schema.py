@@ -214,11 +214,21 @@ class RouteConfig:
     matchers: tuple[MatcherConfig, ...]
     target: Target
     max_connections: int | None = None
+    #: A web route's gRPC streams go here: "in-process" or a client endpoint.
+    grpc_backend: str | None = None
+    #: Whether a web route translates gRPC-Web calls for ``grpc_backend``.
+    grpc_web: bool = False
+    #: The page origins a gRPC-Web call may come from ("*": any).
+    grpc_web_origins: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """``name [matchers] -> target``, for the start-up log."""
         written = " | ".join(m.written for m in self.matchers)
-        return f"{self.name} [{written}] -> {self.target.describe()}"
+        shown = f"{self.name} [{written}] -> {self.target.describe()}"
+        if self.grpc_backend is not None:
+            web = " and gRPC-Web" if self.grpc_web else ""
+            shown += f", its gRPC{web} streams -> {self.grpc_backend}"
+        return shown
 
 
 @dataclass(frozen=True)
@@ -260,6 +270,8 @@ class GrpcServerConfig:
     max_concurrent_rpcs: int | None = None
     grace: float | None = None
     options: tuple[tuple[str, object], ...] = ()
+    #: ``services = [...]``: more add_services functions (for ``grpc_backend``).
+    services: GrpcTarget | None = None
 
 
 @dataclass(frozen=True)
@@ -563,12 +575,57 @@ def _route(anonymous: Where, table: object) -> RouteConfig:
             send_proxy=values["send_proxy"],
             send_proxy_checksum=values["send_proxy_checksum"],
         )
+    for key in _WEB_OPTIONS:
+        if key in table and target.kind not in _WEB_KINDS:
+            where.at(key).fail(
+                f"{key} is a key of web, static, wsgi and asgi routes; this"
+                f" route's target is {target.kind}"
+            )
+    grpc_web, origins = values["grpc_web"], values["grpc_web_origins"]
+    if grpc_web and values["grpc_backend"] is None:
+        where.at("grpc_web").fail(
+            "gRPC-Web calls go to the route's grpc_backend; expected"
+            ' grpc_backend = "in-process" or a client endpoint as well'
+        )
+    if "grpc_web_origins" in table and not grpc_web:
+        where.at("grpc_web_origins").fail(
+            "origins are for gRPC-Web calls; expected grpc_web = true as well"
+        )
     return RouteConfig(
         values["name"],
         values["match"],
         target,
         max_connections=values["max_connections"] or None,
+        grpc_backend=values["grpc_backend"],
+        grpc_web=grpc_web,
+        grpc_web_origins=origins,
     )
+
+
+def _grpc_backend(where: Where, value: object) -> str:
+    if value == "in-process":
+        return "in-process"
+    if not isinstance(value, str):
+        where.wrong(
+            value,
+            '"in-process" or a client endpoint string such as'
+            ' "tcp:host=127.0.0.1:port=50051"',
+        )
+    return client_endpoint(where, value)
+
+
+def _origins(where: Where, value: object) -> tuple[str, ...]:
+    origins = texts('page origins such as "https://app.example.com", or "*"')(
+        where, value
+    )
+    for i, origin in enumerate(origins):
+        if origin != "*" and (
+            "://" not in origin or origin.endswith("/") or origin.count("/") > 2
+        ):
+            where.item(i).wrong(
+                origin, 'an origin: scheme://host[:port] with no path, or "*"'
+            )
+    return tuple(origins)
 
 
 # -- the keys of each table --------------------------------------------------
@@ -587,6 +644,9 @@ TLS_KEYS = {
 TARGET_KEYS = ("web", "static", "wsgi", "asgi", "proxy", "grpc", "factory", "tls")
 #: Keys that belong to one kind of target (the PROXY ones say so themselves).
 _TARGET_OPTIONS = {"wsgi_threads": "wsgi", "asgi_lifespan": "asgi"}
+#: Keys of the routes whose target serves HTTP (a WebFactory).
+_WEB_OPTIONS = ("grpc_backend", "grpc_web", "grpc_web_origins")
+_WEB_KINDS = ("web", "static", "wsgi", "asgi")
 
 ROUTE_KEYS = {
     "name": Key(text, missing='missing key "name"; every [[route]] needs a name'),
@@ -605,6 +665,9 @@ ROUTE_KEYS = {
     "send_proxy": Key(one_of("v1", "v2"), None),
     "send_proxy_checksum": Key(boolean, False),
     "max_connections": Key(_limit, None),
+    "grpc_backend": Key(_grpc_backend, None),
+    "grpc_web": Key(boolean, False),
+    "grpc_web_origins": Key(_origins, ()),
     "grpc": Key(_grpc, None),
     "factory": Key(
         lambda where, value: FactoryTarget(*import_path(where, value)), None
@@ -626,6 +689,7 @@ GRPC_SERVER_KEYS = {
     "max_concurrent_rpcs": Key(positive_int, None),
     "grace": Key(seconds, None),
     "options": Key(_grpc_options, ()),
+    "services": Key(_grpc, None),
 }
 
 _LISTEN = texts("server endpoint strings", server_endpoint)

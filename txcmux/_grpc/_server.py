@@ -237,6 +237,14 @@ class GrpcServer(Service):
             clients=CLIENTS,
         )
 
+    def endpoint(self) -> IStreamClientEndpoint:
+        """A client endpoint that connects to this server while it runs.
+
+        What a web route's ``grpc_backend`` uses for ``"in-process"``: its
+        connections fail while the service is not running.
+        """
+        return _InProcessEndpoint(self, self._reactor, self._clock)
+
     def __repr__(self) -> str:
         where = self.socket_path or "not running"
         return f"<GrpcServer {where}>"

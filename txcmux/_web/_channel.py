@@ -26,14 +26,17 @@ relies on (the Site's channel proxy, ``H2Connection``) are reached through
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
+from twisted.internet import endpoints
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IProtocol,
     IProtocolNegotiationFactory,
     IReactorTime,
+    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -47,8 +50,11 @@ from .._errors import ConfigurationError
 from .._handoff import Handoff, IHandoffFactory, IHandoffReceiver, install
 from .._log import SHOWN_BYTES, describe_peer, log
 from ..matchers._http2 import PREFACE
+from ._grpc_backend import GrpcBackend
+from ._grpcweb import GrpcWebResource
 from ._h2c import start_h2
 from ._h2guard import guarded
+from ._streams import per_stream
 
 # Looked up once: twisted.web.http is a deprecation proxy whose attribute
 # lookups cost more than a microsecond each.
@@ -75,6 +81,19 @@ class WebFactory(Factory):
     choice (``closed.timeout``, ``closed.http2_disabled``), or on a frame
     header announcing more than the maximum frame size
     (``closed.frame_too_large``: see :mod:`txcmux._web._h2guard`).
+
+    ``grpc_backend`` routes each HTTP/2 stream on its own headers: streams
+    whose ``content-type`` is gRPC go to that grpcio server as streams of
+    their own (see :mod:`txcmux._web._streams`), every other stream and
+    every HTTP/1.1 request to the Site.  It is a Twisted client endpoint
+    string (``"tcp:host=127.0.0.1:port=50051"``, ``"unix:/run/app.sock"``),
+    an ``IStreamClientEndpoint``, or a :class:`txcmux.grpcserver.GrpcServer`
+    (the in-process server).  ``stats`` then also counts ``grpc_streams``,
+    and ``grpc_backend`` (a :class:`GrpcBackend`) counts the calls.
+    ``grpc_web=True`` also translates gRPC-Web calls (HTTP/1.1 or HTTP/2,
+    from browsers) for that backend, allowing scripts of the
+    ``grpc_web_origins`` pages (``"*"``: any) to call (see
+    :mod:`txcmux._web._grpcweb`); ``name`` names the route in log lines.
     """
 
     noisy = False
@@ -85,6 +104,10 @@ class WebFactory(Factory):
         *,
         reactor: IReactorTime | None = None,
         http2: bool = True,
+        grpc_backend: object = None,
+        grpc_web: bool = False,
+        grpc_web_origins: Iterable[str] = (),
+        name: str = "web",
     ) -> None:
         if isinstance(site_or_resource, Site):
             site = site_or_resource
@@ -102,8 +125,30 @@ class WebFactory(Factory):
             )
         self.site: Site = site
         self.http2 = http2
+        self.grpc_backend: GrpcBackend | None = None
         self._h2_connection = guarded(_compat.h2_connection_class()) if http2 else None
+        if grpc_backend is not None:
+            if not http2:
+                raise ConfigurationError(
+                    "WebFactory(grpc_backend=...) needs HTTP/2: gRPC is HTTP/2,"
+                    " and http2=False serves HTTP/1.1 only"
+                )
+            self.grpc_backend = GrpcBackend(
+                _backend_endpoint(grpc_backend, site.reactor),
+                clock=site.reactor,
+                name=f"{name} grpc_backend",
+            )
+            self._h2_connection = per_stream(guarded(_compat.h2_connection_class()))
         self.stats: Counter[str] = Counter()
+        if grpc_web:
+            if self.grpc_backend is None:
+                raise ConfigurationError(
+                    "WebFactory(grpc_web=True) sends the calls to grpc_backend;"
+                    " expected grpc_backend=... as well"
+                )
+            site.resource = GrpcWebResource(
+                site.resource, self.grpc_backend, grpc_web_origins, self.stats
+            )
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         """A protocol that turns into the Site's channel on the first bytes."""
@@ -145,11 +190,40 @@ class WebFactory(Factory):
         self.site.doStart()  # type: ignore[no-untyped-call]
 
     def stopFactory(self) -> None:
-        """Stop the Site (it closes its access log)."""
+        """Stop the Site (it closes its access log) and close the gRPC backend."""
         self.site.doStop()  # type: ignore[no-untyped-call]
+        if self.grpc_backend is not None:
+            self.grpc_backend.close()
 
     def __repr__(self) -> str:
         return f"<WebFactory site={self.site!r} http2={self.http2}>"
+
+
+def _backend_endpoint(backend: object, reactor: Any) -> IStreamClientEndpoint:
+    """The client endpoint ``grpc_backend`` names (see :class:`WebFactory`)."""
+    try:
+        from ..grpcserver import GrpcServer
+    except ImportError:  # no grpcio: no in-process server either
+        pass
+    else:
+        if isinstance(backend, GrpcServer):
+            return backend.endpoint()
+    if IStreamClientEndpoint.providedBy(backend):
+        return backend
+    if isinstance(backend, str):
+        try:
+            parsed: IStreamClientEndpoint = endpoints.clientFromString(reactor, backend)  # type: ignore[no-untyped-call]
+        except Exception as problem:
+            raise ConfigurationError(
+                f"grpc_backend: cannot use {backend!r} ({problem}); expected a client"
+                " endpoint string such as 'tcp:host=127.0.0.1:port=50051' or"
+                " 'unix:/run/app.sock'"
+            ) from problem
+        return parsed
+    raise ConfigurationError(
+        f"grpc_backend is {backend!r}; expected a client endpoint string, an"
+        " IStreamClientEndpoint or a txcmux.grpcserver.GrpcServer"
+    )
 
 
 def _is_plain(site: Site) -> bool:
@@ -275,6 +349,8 @@ class _ChannelChooser(Protocol):
                 template = web.site.buildProtocol(self._addr)  # type: ignore[no-untyped-call]
             channel = start_h2(web._h2_connection, transport, template, web.site)
             channel.stats = web.stats  # type: ignore[attr-defined]
+            if web.grpc_backend is not None:
+                channel.grpc_backend = web.grpc_backend  # type: ignore[attr-defined]
         else:
             kind = "http/1.1"
             if self._template is None:
