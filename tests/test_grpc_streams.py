@@ -425,3 +425,49 @@ class PerStreamTests(unittest.TestCase):
         with self.assertRaises(ConfigurationError) as caught:
             WebFactory(site(), grpc_backend="tcp:host=127.0.0.1:port=1", http2=False)
         self.assertIn("needs HTTP/2", str(caught.exception))
+
+
+class RealClientTests(unittest.TestCase):
+    """Clients that share one connection for everything, and a drain."""
+
+    timeout = 60
+
+    async def test_node_http2_one_session_rest_and_grpc(self) -> None:
+        import json
+        from pathlib import Path
+
+        web, port, _ = await PerStreamTests.serve(self)  # type: ignore[arg-type]
+        script = Path(__file__).parent / "js" / "shared_session.js"
+        out, err, code = await getProcessOutputAndValue(
+            tool("timeout"), ["30", tool("node"), str(script), str(port)]
+        )
+        self.assertEqual(code, 0, out + err)
+        results = json.loads(out)["results"]
+        rest = [r for r in results if r["kind"] == "rest"]
+        calls = [r for r in results if r["kind"] == "grpc"]
+        self.assertEqual([r["body"] for r in rest], ["hello from the Site\n"] * 3)
+        self.assertEqual([r["grpcStatus"] for r in calls], ["0"] * 3)
+        self.assertEqual(
+            [r["messages"] for r in calls], [["one"], ["000", "111"], ["two"]]
+        )
+        self.assertEqual(web.stats["h2c"], 1)  # one session: one connection
+        self.assertEqual(web.stats["grpc_streams"], 3)
+
+    async def test_a_drain_lets_forwarded_calls_finish(self) -> None:
+        from txcmux._drain import finish
+
+        web, port, _ = await PerStreamTests.serve(self)  # type: ignore[arg-type]
+        client = await PerStreamTests.client(self, port)  # type: ignore[arg-type]
+        _, streaming = client.grpc("ServerStream", b"5 10 0.1")
+        connection = await PerStreamTests.forwarding_connection(self, web)  # type: ignore[arg-type]
+        self.assertEqual(finish(connection), "h2")
+        await wait_until(lambda: client.goaway is not None, what="the first GOAWAY")
+        self.assertFalse(client.lost.called)
+        # The drain asks again and again; the call still runs meanwhile.
+        self.assertEqual(finish(connection), "h2")
+        self.assertFalse(client.lost.called)
+        reply = await streaming
+        self.assertEqual(len(grpc_messages(reply.body)), 5)
+        self.assertEqual(reply.grpc_status, b"0")
+        finish(connection)  # now idle: closed with the final GOAWAY
+        await client.lost

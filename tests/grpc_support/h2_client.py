@@ -65,6 +65,7 @@ class H2Client(Protocol):
         self.unacked: dict[int, int] = {}
         self.lost: defer.Deferred[None] = defer.Deferred()
         self.goaway: Any = None
+        self._buffer = b""
 
     def connectionMade(self) -> None:
         self.conn.initiate_connection()
@@ -125,7 +126,21 @@ class H2Client(Protocol):
             self.flush()
 
     def dataReceived(self, data: bytes) -> None:
-        for event in self.conn.receive_data(data):
+        # Frame by frame: h2 refuses every frame after a GOAWAY, even those
+        # of the streams the GOAWAY lets finish (RFC 9113, section 6.8), so
+        # after a graceful one the state is put back to open, as a client
+        # that lets its streams finish would.
+        self._buffer += data
+        while len(self._buffer) >= 9:
+            size = 9 + int.from_bytes(self._buffer[:3], "big")
+            if len(self._buffer) < size:
+                break
+            frame, self._buffer = self._buffer[:size], self._buffer[size:]
+            self._frame(frame)
+        self.flush()
+
+    def _frame(self, frame: bytes) -> None:
+        for event in self.conn.receive_data(frame):
             stream_id = getattr(event, "stream_id", 0)
             response = self.responses.get(stream_id)
             if isinstance(event, h2.events.ResponseReceived) and response:
@@ -149,7 +164,10 @@ class H2Client(Protocol):
                 self._done(stream_id)
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.goaway = event
-        self.flush()
+                if event.error_code == 0 and self.waiting:
+                    self.conn.state_machine.state = (
+                        h2.connection.ConnectionState.CLIENT_OPEN
+                    )
 
     def _done(self, stream_id: int) -> None:
         waiting = self.waiting.pop(stream_id, None)
