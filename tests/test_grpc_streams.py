@@ -471,3 +471,21 @@ class RealClientTests(unittest.TestCase):
         self.assertEqual(reply.grpc_status, b"0")
         finish(connection)  # now idle: closed with the final GOAWAY
         await client.lost
+
+    async def test_a_backend_stopping_gracefully_lets_running_calls_finish(self) -> None:
+        """grpcio's stop(grace) sends GOAWAY; the calls it took still complete."""
+        web, port, grpc_server = await PerStreamTests.serve(self)  # type: ignore[arg-type]
+        assert grpc_server is not None
+        client = await PerStreamTests.client(self, port)  # type: ignore[arg-type]
+        _, streaming = client.grpc("ServerStream", b"6 10 0.1")
+        await PerStreamTests.forwarding_connection(self, web)  # type: ignore[arg-type]
+        grpc_server.grace = 5
+        stopped = grpc_server.stopService()
+        reply = await streaming
+        self.assertEqual(len(grpc_messages(reply.body)), 6)
+        self.assertEqual(reply.grpc_status, b"0")
+        await stopped
+        # The server is gone: a new call is UNAVAILABLE, and REST goes on.
+        after = await client.grpc("Unary", b"late")[1]
+        self.assertEqual(after.grpc_status, b"14")
+        self.assertEqual((await client.request("/hello")[1]).status, b"200")

@@ -381,6 +381,30 @@ class _Connecting:
         self._timer = None
 
 
+class _GoingAwayConnection(h2.connection.H2Connection):
+    """h2's client connection, letting a graceful GOAWAY's streams finish.
+
+    h2 refuses to send or receive anything once a GOAWAY arrived, even for
+    the streams the GOAWAY lets finish (RFC 9113, section 6.8: streams up to
+    ``last_stream_id`` "might still complete"), and grpcio's graceful stop
+    is exactly such a GOAWAY, followed by the answers of the calls it runs.
+    A GOAWAY with NO_ERROR is reported here as h2 reports it
+    (``ConnectionTerminated``) but leaves the connection open; any other
+    GOAWAY is h2's own.  ``_receive_goaway_frame`` is h2's dispatch method
+    for the frame (h2 4.x; tests/test_grpc_streams.py checks a graceful
+    stop end to end).
+    """
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        if frame.error_code != ErrorCodes.NO_ERROR:
+            return super()._receive_goaway_frame(frame)
+        event = h2.events.ConnectionTerminated()
+        event.error_code = ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
 @implementer(IPushProducer)
 class _BackendConnection(Protocol):
     """One HTTP/2 client connection to the backend, carrying many calls."""
@@ -388,7 +412,7 @@ class _BackendConnection(Protocol):
     def __init__(self, backend: GrpcBackend) -> None:
         self.backend = backend
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self.conn = h2.connection.H2Connection(config=config)
+        self.conn = _GoingAwayConnection(config=config)
         self.streams: dict[int, BackendStream] = {}
         self._paused = False
         self._going_away = False
@@ -563,11 +587,8 @@ class _BackendConnection(Protocol):
     def _goaway(self, event: Any) -> None:
         """The backend sent GOAWAY: no new calls here; refuse the ones it did not take.
 
-        h2 refuses to send or receive anything once a GOAWAY arrived, even
-        for the streams the GOAWAY lets finish (RFC 9113, section 6.8:
-        streams up to ``last_stream_id`` "might still complete").  For a
-        graceful GOAWAY (NO_ERROR) the connection's state is put back to
-        open so that those streams do finish; no new stream is opened on it.
+        For a graceful GOAWAY (NO_ERROR) the streams it took go on (see
+        :class:`_GoingAwayConnection`) and no new stream is opened here.
         """
         self._going_away = True
         self.backend._gone(self)
@@ -578,8 +599,7 @@ class _BackendConnection(Protocol):
             self.backend.stats["unavailable"] += 1
             stream.front.on_failed("the backend is going away (GOAWAY)")
         if event.error_code == ErrorCodes.NO_ERROR and self.streams:
-            self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
-            return
+            return  # _GoingAwayConnection kept the connection open for them
         self._fail_all("the backend closed the connection (GOAWAY)")
         if self.transport is not None:
             self.transport.loseConnection()

@@ -149,26 +149,36 @@ def per_stream(connection_class: type[Any]) -> type[Any]:
             headers = forwarded_headers(event.headers, host)
             stream.backend = self.grpc_backend.call(headers, stream)
 
+        # A stream in neither dict is a forwarded one already answered (a
+        # trailers-only UNAVAILABLE, say) whose request was still arriving.
+
         def _requestDataReceived(self, event: Any) -> None:
-            stream = self.forwarded.get(event.stream_id)
-            if stream is None:
+            stream_id = event.stream_id
+            stream = self.forwarded.get(stream_id)
+            if stream is not None:
+                if stream.backend is not None:
+                    stream.backend.send(event.data, event.flow_controlled_length)
+            elif stream_id in self.streams:
                 super()._requestDataReceived(event)
-            elif stream.backend is not None:
-                stream.backend.send(event.data, event.flow_controlled_length)
+            else:  # nobody wants it; the connection's window still does
+                self._forward_acknowledge(
+                    stream, event.flow_controlled_length, stream_id
+                )
 
         def _requestEnded(self, event: Any) -> None:
             stream = self.forwarded.get(event.stream_id)
-            if stream is None:
+            if stream is not None:
+                if stream.backend is not None and not stream.backend.up.end:
+                    stream.backend.end()
+            elif event.stream_id in self.streams:
                 super()._requestEnded(event)
-            elif stream.backend is not None and not stream.backend.up.end:
-                stream.backend.end()
 
         def _requestAborted(self, event: Any) -> None:
             stream = self.forwarded.pop(event.stream_id, None)
-            if stream is None:
+            if stream is None and event.stream_id in self.streams:
                 super()._requestAborted(event)
                 return
-            if stream.backend is not None:
+            if stream is not None and stream.backend is not None:
                 stream.backend.reset(event.error_code)
             self._spend_reset_token()
 
@@ -263,11 +273,15 @@ def per_stream(connection_class: type[Any]) -> type[Any]:
                 return
             self._tryToWriteControlData()
 
-        def _forward_acknowledge(self, stream: ForwardedStream, credit: int) -> None:
+        def _forward_acknowledge(
+            self, stream: ForwardedStream | None, credit: int, stream_id: int = 0
+        ) -> None:
             if self.transport is None:
                 return
+            if stream is not None:
+                stream_id = stream.stream_id
             try:
-                self.conn.acknowledge_received_data(credit, stream.stream_id)
+                self.conn.acknowledge_received_data(credit, stream_id)
             except h2.exceptions.ProtocolError:
                 return
             self._tryToWriteControlData()
