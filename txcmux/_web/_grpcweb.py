@@ -7,7 +7,7 @@ HTTP/2, and puts the trailers at the end of the response body as one more
 frame, flagged ``0x80``, of ``name: value`` lines::
 
     >>> trailer_frame([(b"grpc-status", b"0"), (b"grpc-message", b"")])
-    b'\\x80\\x00\\x00\\x00\\x1egrpc-status: 0\\r\\ngrpc-message: \\r\\n'
+    b'\\x80\\x00\\x00\\x00 grpc-status: 0\\r\\ngrpc-message: \\r\\n'
 
 :class:`GrpcWebResource` sits in front of the Site's root resource: a
 request whose ``content-type`` is ``application/grpc-web``,
