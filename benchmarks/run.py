@@ -297,6 +297,17 @@ SCENARIOS = [
         peers=("haproxy",),
     ),
     Scenario(
+        "grpc-unary-per-stream",
+        "gRPC unary, 100 B, 64 concurrent (h2load), per stream by a web route",
+        "req/s", 0.85, "grpc", "direct", "mux-per-stream", _grpc_unary,
+        shared_backend=True,
+    ),
+    Scenario(
+        "h2c-per-stream", "h2c as above, the web route with grpc_backend",
+        "req/s", 0.95, "h2c", "direct", "mux-per-stream",
+        lambda port, s: h2load(port, s, "-c4", "-m32"),
+    ),
+    Scenario(
         "grpc-unary-inprocess",
         "gRPC unary, 100 B, 64 concurrent (h2load), in-process GrpcServer",
         "req/s", 0.90, "grpc", "direct", "mux-inprocess", _grpc_unary,

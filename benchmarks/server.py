@@ -41,9 +41,9 @@ from typing import Any
 #: The scenarios' server kinds and the modes each one has.
 MODES = {
     "web": ("direct", "mux"),
-    "h2c": ("direct", "mux"),
+    "h2c": ("direct", "mux", "mux-per-stream"),
     "https": ("direct", "mux"),
-    "grpc": ("direct", "mux", "mux-inprocess"),
+    "grpc": ("direct", "mux", "mux-inprocess", "mux-per-stream"),
     "relay": ("sink", "mux"),
     "handoff": ("direct", "mux"),
 }
@@ -325,14 +325,24 @@ def build_mux(
     ssh_backend: str,
     sniff_timeout: float | None,
     stamps: _Stamps | None = None,
+    per_stream: str | None = None,
 ) -> Any:
-    """The txcmux port every "mux" mode serves (see the module docstring)."""
+    """The txcmux port every "mux" mode serves (see the module docstring).
+
+    ``per_stream`` (mode ``mux-per-stream``) is the web route's
+    ``grpc_backend``; that port has no ``grpc`` route in front, so every
+    gRPC call is a stream the web route forwards.
+    """
     from txcmux import ProtocolSwitchingFactory, Route, matchers
     from txcmux.relay import RelayFactory
     from txcmux.tls import TLSTerminationFactory
     from txcmux.web import WebFactory
 
-    web = WebFactory(site)
+    web = (
+        WebFactory(site)
+        if per_stream is None
+        else WebFactory(site, grpc_backend=per_stream)
+    )
     https = TLSTerminationFactory(
         certificate[0],
         certificate[1],
@@ -355,6 +365,8 @@ def build_mux(
         Route("ssh", matchers.ssh(), targets["ssh"]),
         Route("web", [matchers.http1(), matchers.http2()], targets["web"]),
     ]
+    if per_stream is not None:
+        routes = routes[1:]
     switch_class = ProtocolSwitchingFactory if stamps is None else stamps.switch_class()
     return switch_class(routes, sniff_timeout=sniff_timeout)
 
@@ -420,9 +432,15 @@ def run_twisted(
             ssh_backend = f"tcp:host=127.0.0.1:port={backend}"
         if scenario == "handoff":
             stamps = _Stamps()
+        per_stream = None
+        if mode == "mux-per-stream":
+            per_stream = UNUSED_BACKEND
+            if scenario == "grpc" and backend is not None:
+                per_stream = f"tcp:host=127.0.0.1:port={backend}"
         switch = build_mux(
-            site, certificate, grpc_factory, ssh_backend, sniff_timeout, stamps
-        )
+            site, certificate, grpc_factory, ssh_backend, sniff_timeout, stamps,
+            per_stream,
+        )  # fmt: skip
         port = reactor.listenTCP(0, switch, interface="127.0.0.1", backlog=BACKLOG)
 
     def stats() -> dict[str, Any]:

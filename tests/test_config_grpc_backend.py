@@ -19,7 +19,8 @@ from txcmux.web import WebFactory
 
 def route(lines: str, *, top: str = "") -> str:
     return (
-        f'listen = ["tcp:0"]\n{top}[[route]]\nname = "site"\nmatch = ["http1", "http2"]\n'
+        f'listen = ["tcp:0"]\n{top}[[route]]\nname = "site"\n'
+        'match = ["http1", "http2"]\n'
         f'web = "txcmux.demo:resource"\n{lines}\n'
     )
 
@@ -40,7 +41,7 @@ def test_an_external_backend(tmp_path: Path) -> None:
     )
     assert config.routes[0].describe() == (
         "site [http1 | http2] -> web txcmux.demo:resource,"
-        " its gRPC streams -> tcp:host=127.0.0.1:port=50051"
+        " gRPC -> tcp:host=127.0.0.1:port=50051"
     )
     service = make_service(config, reactor=MemoryReactorClock())
     web = web_factory(service)
@@ -56,7 +57,7 @@ def test_in_process_with_grpc_server_services(tmp_path: Path) -> None:
     )
     config = load(write(tmp_path, text))
     assert config.routes[0].grpc_web_origins == ("https://app.example",)
-    assert "its gRPC and gRPC-Web streams -> in-process" in config.routes[0].describe()
+    assert "gRPC and gRPC-Web -> in-process" in config.routes[0].describe()
     service = make_service(config, reactor=MemoryReactorClock())
     assert isinstance(service.grpc_server, GrpcServer)
     assert len(service.grpc_server.add_services) == 1
@@ -96,9 +97,13 @@ def test_in_process_with_grpc_server_services(tmp_path: Path) -> None:
         ),
         (
             route(
-                'grpc_backend = "tcp:host=127.0.0.1:port=1"\ngrpc_web = true\ngrpc_web_origins = ["https://a.example/page"]'
+                'grpc_backend = "tcp:host=127.0.0.1:port=1"\ngrpc_web = true\n'
+                'grpc_web_origins = ["https://a.example/page"]'
             ),
-            ['key "grpc_web_origins[0]"', "an origin: scheme://host[:port] with no path"],
+            [
+                'key "grpc_web_origins[0]"',
+                "an origin: scheme://host[:port] with no path",
+            ],
         ),
         (
             'listen = ["tcp:0"]\n[[route]]\nname = "site"\nmatch = ["ssh"]\n'

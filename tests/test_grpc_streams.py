@@ -1,4 +1,4 @@
-"""Per-stream routing: one HTTP/2 connection, gRPC streams to grpcio, the rest to the Site.
+"""Per-stream routing: gRPC streams to grpcio, the rest to the Site, on one connection.
 
 A web route with ``grpc_backend`` looks at each HTTP/2 stream's headers:
 gRPC streams are forwarded to a grpcio server, every other request is
@@ -140,7 +140,7 @@ class PerStreamTests(unittest.TestCase):
 
     async def test_a_grpc_call_after_rest_on_the_same_connection(self) -> None:
         """cmux issues 62 and 91: the first request must not decide for the rest."""
-        web, port, _ = await self.serve()
+        _web, port, _ = await self.serve()
         client = await self.client(port)
         first = await client.request("/hello")[1]
         self.assertEqual(first.status, b"200")
@@ -230,7 +230,7 @@ class PerStreamTests(unittest.TestCase):
         web, port, _ = await self.serve()
         service.ENDED_EARLY.clear()
         client = await self.client(port)
-        stream_id, waiting = client.grpc("Wait", b"")
+        stream_id, _waiting = client.grpc("Wait", b"")
         await wait_until(lambda: service.ENDED_EARLY, what="the call to start")
         client.conn.reset_stream(stream_id)
         client.flush()
@@ -272,7 +272,7 @@ class PerStreamTests(unittest.TestCase):
     async def test_an_external_backend_over_tcp(self) -> None:
         backend, number = service.serve_tcp()
         self.addCleanup(backend.stop, None)
-        web, port, _ = await self.serve(f"tcp:host=127.0.0.1:port={number}")
+        _web, port, _ = await self.serve(f"tcp:host=127.0.0.1:port={number}")
 
         def calls() -> list[Any]:
             with channel(port) as ch:
@@ -472,7 +472,7 @@ class RealClientTests(unittest.TestCase):
         finish(connection)  # now idle: closed with the final GOAWAY
         await client.lost
 
-    async def test_a_backend_stopping_gracefully_lets_running_calls_finish(self) -> None:
+    async def test_a_backend_stopping_gracefully_lets_calls_finish(self) -> None:
         """grpcio's stop(grace) sends GOAWAY; the calls it took still complete."""
         web, port, grpc_server = await PerStreamTests.serve(self)  # type: ignore[arg-type]
         assert grpc_server is not None

@@ -159,7 +159,7 @@ class GrpcWebTests(unittest.TestCase):
 
     async def test_status_metadata_and_errors_in_the_trailer_frame(self) -> None:
         _, port = await self.serve()
-        body, headers, _ = await self.curl(
+        body, _headers, _ = await self.curl(
             "-H", "x-custom: yes", *self.call_args(port, "Metadata", b"")
         )
         messages, trailers = frames(body)

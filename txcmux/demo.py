@@ -18,7 +18,7 @@ The demo is an ordinary config file, :data:`DEMO_CONFIG`, with two routes::
     >>> for route in config().routes:
     ...     print(route.describe())
     grpc [grpc] -> in-process gRPC (txcmux.demo:add_services)
-    web [http1 | http2] -> web txcmux.demo:resource
+    web [http1 | http2] -> web txcmux.demo:resource, gRPC and gRPC-Web -> in-process
     >>> config().listen
     ('tcp:8080:interface=127.0.0.1',)
 
@@ -91,6 +91,10 @@ grpc = ["txcmux.demo:add_services"]
 name = "web"
 match = ["http1", "http2"]
 web = "txcmux.demo:resource"
+# gRPC calls on a connection that began with a web request, and gRPC-Web
+# calls from browsers, go to the same in-process server (docs/mixing.md).
+grpc_backend = "in-process"
+grpc_web = true
 """
 
 

@@ -227,7 +227,7 @@ class RouteConfig:
         shown = f"{self.name} [{written}] -> {self.target.describe()}"
         if self.grpc_backend is not None:
             web = " and gRPC-Web" if self.grpc_web else ""
-            shown += f", its gRPC{web} streams -> {self.grpc_backend}"
+            shown += f", gRPC{web} -> {self.grpc_backend}"
         return shown
 
 

@@ -381,6 +381,21 @@ class _Connecting:
         self._timer = None
 
 
+#: h2's settings for backend connections.  The request headers sent were
+#: checked by h2 when the client's connection received them, and the
+#: response headers received are checked again when they are sent to the
+#: client, so h2 is not asked to check each of them twice (measured: a
+#: third of the CPU a forwarded unary call costs went to header checks).
+_CLIENT_CONFIG = h2.config.H2Configuration(
+    client_side=True,
+    header_encoding=None,
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+    validate_inbound_headers=False,
+    normalize_inbound_headers=False,
+)
+
+
 class _GoingAwayConnection(h2.connection.H2Connection):
     """h2's client connection, letting a graceful GOAWAY's streams finish.
 
@@ -411,8 +426,7 @@ class _BackendConnection(Protocol):
 
     def __init__(self, backend: GrpcBackend) -> None:
         self.backend = backend
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self.conn = _GoingAwayConnection(config=config)
+        self.conn = _GoingAwayConnection(config=_CLIENT_CONFIG)
         self.streams: dict[int, BackendStream] = {}
         self._paused = False
         self._going_away = False
