@@ -255,6 +255,68 @@ def test_grpc_and_web_serves_both(serve) -> None:  # type: ignore[no-untyped-def
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{served.port}")
     assert health(channel) == health_pb2.HealthCheckResponse.SERVING
+    # A client that began with a web request makes a gRPC call on the same
+    # connection: the web route's grpc_backend forwards it.
+    web, call = one_connection(served.port)
+    assert web == b"Hello from txcmux over HTTP/2 (h2c)\n"
+    assert call[b"grpc-status"] == b"0"
+    answer = health_pb2.HealthCheckResponse.FromString(call[b"message"])
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def one_connection(port: int) -> tuple[bytes, dict[bytes, bytes]]:
+    """GET /hello, then a gRPC health check, on one HTTP/2 connection (h2)."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+
+    def exchange(
+        headers: list[tuple[bytes, bytes]], body: bytes | None
+    ) -> dict[bytes, bytes]:
+        stream_id = conn.get_next_available_stream_id()
+        conn.send_headers(stream_id, headers, end_stream=body is None)
+        if body is not None:
+            conn.send_data(stream_id, body, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        got: dict[bytes, bytes] = {b"body": b""}
+        while True:
+            data = sock.recv(65536)
+            assert data, "connection closed"
+            for event in conn.receive_data(data):
+                if getattr(event, "stream_id", None) != stream_id:
+                    continue
+                if isinstance(event, h2.events.DataReceived):
+                    got[b"body"] += event.data
+                    conn.acknowledge_received_data(
+                        event.flow_controlled_length, stream_id
+                    )
+                elif isinstance(
+                    event, (h2.events.ResponseReceived, h2.events.TrailersReceived)
+                ):
+                    got.update(event.headers)
+                elif isinstance(event, h2.events.StreamEnded):
+                    sock.sendall(conn.data_to_send())
+                    return got
+            sock.sendall(conn.data_to_send())
+
+    common = [(b":scheme", b"http"), (b":authority", b"127.0.0.1")]
+    with sock:
+        web = exchange([(b":method", b"GET"), (b":path", b"/hello"), *common], None)
+        call = exchange(
+            [(b":method", b"POST"), (b":path", b"/grpc.health.v1.Health/Check"),
+             *common, (b"content-type", b"application/grpc"), (b"te", b"trailers")],
+            b"\x00\x00\x00\x00\x00",  # one empty message: HealthCheckRequest()
+        )  # fmt: skip
+    call[b"message"] = call[b"body"][5:]
+    return web[b"body"], call
 
 
 @needs_curl
