@@ -35,6 +35,7 @@ import priority  # type: ignore[import-untyped]
 from h2.errors import ErrorCodes
 
 from .._log import describe_peer, log
+from ..matchers._http2 import _is_grpc_content_type
 from ._grpc_backend import (
     BackendStream,
     DataQueue,
@@ -48,13 +49,13 @@ _UNAVAILABLE = 14
 
 
 def is_grpc(headers: Sequence[tuple[bytes, bytes]]) -> bool:
-    """Whether request ``headers`` are a gRPC call (not gRPC-Web)."""
+    """Whether request ``headers`` are a gRPC call (not gRPC-Web).
+
+    The same test as the ``grpc`` matcher's, on the content type.
+    """
     for name, value in headers:
         if name == b"content-type":
-            value = value.lower()
-            return value.startswith(b"application/grpc") and not value.startswith(
-                b"application/grpc-web"
-            )
+            return _is_grpc_content_type(value.lower())
     return False
 
 

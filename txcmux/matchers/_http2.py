@@ -3,12 +3,12 @@
 An HTTP/2 client (RFC 9113 section 3.4) opens with a fixed 24-byte preface,
 then frames.  :func:`http2` decides on the preface alone.  :func:`http2_header`
 and :func:`grpc` walk the frames after it to the first HEADERS frame (and its
-CONTINUATION frames), decode that header block with a fresh HPACK decoder, and
-look for a field.  Because many clients (grpcio, grpc-js, grpc-go, grpc-java)
-send nothing but SETTINGS until the server's SETTINGS arrive, these matchers
-ask the detector to send an empty SETTINGS frame once the preface is in, and
-give it a :class:`SettingsAckFilter` to keep the client's ACK of that frame
-from the target.
+CONTINUATION frames), and look for one field in that header block, decoding
+only that field (:mod:`._hpack_scan`).  Because many clients (grpcio,
+grpc-js, grpc-go, grpc-java) send nothing but SETTINGS until the server's
+SETTINGS arrive, these matchers ask the detector to send an empty SETTINGS
+frame once the preface is in, and give it a :class:`SettingsAckFilter` to
+keep the client's ACK of that frame from the target.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import hpack
 
+from ._hpack_scan import values_of
 from ._params import Param, parameters
 from ._verdict import MATCH, NEED_MORE, NO_MATCH, FunctionMatcher, Verdict
 
@@ -59,6 +60,21 @@ def first_headers(data: bytes) -> Verdict | Headers:
     ``NEED_MORE`` while the block is incomplete, or ``NO_MATCH`` when the
     bytes are not an HTTP/2 client's opening.
     """
+    block = first_block(data)
+    if isinstance(block, Verdict):
+        return block
+    try:
+        decoded = hpack.Decoder().decode(block, raw=True)
+    except hpack.HPACKError:
+        return NO_MATCH
+    return [(bytes(n), bytes(v)) for n, v in decoded]
+
+
+def first_block(data: bytes) -> Verdict | bytes:
+    """The first header block a client sends, undecoded, or why not yet.
+
+    As :func:`first_headers`, without decoding the block.
+    """
     if len(data) < len(PREFACE):
         return NEED_MORE if PREFACE.startswith(data) else NO_MATCH
     if not data.startswith(PREFACE):
@@ -96,11 +112,7 @@ def first_headers(data: bytes) -> Verdict | Headers:
         else:
             return NO_MATCH
         if flags & _END_HEADERS:
-            try:
-                decoded = hpack.Decoder().decode(bytes(block), raw=True)
-            except hpack.HPACKError:
-                return NO_MATCH
-            return [(bytes(n), bytes(v)) for n, v in decoded]
+            return bytes(block)
 
 
 @parameters()
@@ -117,11 +129,14 @@ def http2() -> FunctionMatcher:
 
 def header_matcher(
     label: str,
-    accepts: Callable[[Headers], bool],
+    name: bytes,
+    accepts: Callable[[bytes], bool],
     send_settings: bool,
     max_bytes: int,
 ) -> FunctionMatcher:
-    """An HTTP/2 matcher on the first header block, decided by ``accepts``."""
+    """An HTTP/2 matcher on the first header block: does a ``name`` field's
+    value satisfy ``accepts``?  Only that field is decoded (see
+    :mod:`._hpack_scan`)."""
     waiting = (
         Verdict(NEED_MORE.outcome, EMPTY_SETTINGS, SettingsAckFilter)
         if send_settings
@@ -133,14 +148,18 @@ def header_matcher(
         # a header block ending past the bound matches no more than one
         # still unfinished there (the answer must not depend on the split).
         data = data[:max_bytes]
-        headers = first_headers(data)
-        if isinstance(headers, Verdict):
-            if headers is NEED_MORE and len(data) >= max_bytes:
+        block = first_block(data)
+        if isinstance(block, Verdict):
+            if block is NEED_MORE and len(data) >= max_bytes:
                 return NO_MATCH  # frames before the headers up to the bound
-            if headers is NEED_MORE and len(data) >= len(PREFACE):
+            if block is NEED_MORE and len(data) >= len(PREFACE):
                 return waiting
-            return headers
-        return MATCH if accepts(headers) else NO_MATCH
+            return block
+        try:
+            values = values_of(block, name)
+        except hpack.HPACKError:
+            return NO_MATCH
+        return MATCH if any(accepts(value) for value in values) else NO_MATCH
 
     return FunctionMatcher(label, max_bytes, verdict, alpn=(b"h2",))
 
@@ -170,15 +189,12 @@ def http2_header(
     wanted_name = (name.encode("ascii") if isinstance(name, str) else name).lower()
     wanted = value.encode("latin-1") if isinstance(value, str) else value
 
-    def accepts(headers: Headers) -> bool:
-        return any(
-            n == wanted_name and (v == wanted or (prefix and v.startswith(wanted)))
-            for n, v in headers
-        )
+    def accepts(value: bytes) -> bool:
+        return value == wanted or (prefix and value.startswith(wanted))
 
     kind = "prefix" if prefix else "value"
     label = f"http2_header({wanted_name.decode()}, {kind}={wanted!r})"
-    return header_matcher(label, accepts, send_settings, max_bytes)
+    return header_matcher(label, wanted_name, accepts, send_settings, max_bytes)
 
 
 def _is_grpc_content_type(value: bytes) -> bool:
@@ -197,12 +213,9 @@ def grpc(max_bytes: int = DEFAULT_MAX_BYTES) -> FunctionMatcher:
     gRPC-Web (``application/grpc-web``) is not matched: grpcio cannot serve it.
     """
 
-    def accepts(headers: Headers) -> bool:
-        return any(
-            n == b"content-type" and _is_grpc_content_type(v) for n, v in headers
-        )
-
-    return header_matcher("grpc", accepts, True, max_bytes)
+    return header_matcher(
+        "grpc", b"content-type", _is_grpc_content_type, True, max_bytes
+    )
 
 
 class SettingsAckFilter:
