@@ -20,6 +20,7 @@ import json
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -62,6 +63,7 @@ from tests.test_twistd import (
     free_port,
     start_twistd,
 )
+from tests.tls_support import pki
 from txcmux.websocket import WebSocketResource
 
 __all__ = ["start_twistd"]  # the fixture, used by name
@@ -97,9 +99,18 @@ class Example:
             time.sleep(0.05)
 
 
-def write_config(tmp_path: Path, *, copy_app: bool = True) -> Path:
+TLS_ROUTE = """
+[[route]]
+name = "tls"
+match = ["tls"]
+tls = { certificate = "server.pem", key = "server.key", routes = ["grpc", "ws", "web"] }
+"""
+
+
+def write_config(tmp_path: Path, *, copy_app: bool = True, tls: bool = False) -> Path:
     """examples/websocket.toml on port 0 with an admin listener, and (unless
-    the test wrote its own) examples/websocket_app.py next to it."""
+    the test wrote its own) examples/websocket_app.py next to it; with
+    ``tls``, its routes again behind a TLS route, with the test certificate."""
     text = (EXAMPLES / "websocket.toml").read_text(encoding="utf-8")
     listen = 'listen = ["tcp:8080:interface=127.0.0.1"]'
     assert listen in text
@@ -107,6 +118,10 @@ def write_config(tmp_path: Path, *, copy_app: bool = True) -> Path:
     text += f'\n[admin]\nlisten = "tcp:{free_port()}:interface=127.0.0.1"\n'
     if copy_app:
         shutil.copy(EXAMPLES / "websocket_app.py", tmp_path / "websocket_app.py")
+    if tls:
+        text += TLS_ROUTE
+        shutil.copy(pki().server_certificate, tmp_path / "server.pem")
+        shutil.copy(pki().server_key, tmp_path / "server.key")
     path = tmp_path / "websocket.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -139,7 +154,7 @@ class Echoed:
 
 
 async def _autobahn_echo(
-    port: int, path: str, sent: list[tuple[bytes, bool]]
+    port: int, path: str, sent: list[tuple[bytes, bool]], tls: bool = False
 ) -> Echoed:
     loop = asyncio.get_running_loop()
     seen = Echoed()
@@ -163,16 +178,25 @@ async def _autobahn_echo(
             if not closed.done():
                 closed.set_result(None)
 
-    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}")
+    if tls:
+        context = ssl.create_default_context(cafile=str(pki().ca))
+        factory = WebSocketClientFactory(f"wss://localhost:{port}{path}")
+        secure: dict[str, Any] = {"ssl": context, "server_hostname": "localhost"}
+    else:
+        factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}")
+        secure = {}
     factory.protocol = Client
-    await loop.create_connection(factory, "127.0.0.1", port)
+    await loop.create_connection(factory, "127.0.0.1", port, **secure)
     await asyncio.wait_for(closed, timeout=10)
     return seen
 
 
-def autobahn_echo(port: int, path: str, sent: list[tuple[bytes, bool]]) -> Echoed:
-    """Send ``sent`` with Autobahn's asyncio client, then close: what came back."""
-    return asyncio.run(_autobahn_echo(port, path, sent))
+def autobahn_echo(
+    port: int, path: str, sent: list[tuple[bytes, bool]], tls: bool = False
+) -> Echoed:
+    """Send ``sent`` with Autobahn's asyncio client (over TLS: ``wss://``),
+    then close: what came back."""
+    return asyncio.run(_autobahn_echo(port, path, sent, tls))
 
 
 class Socket:
@@ -306,6 +330,27 @@ def test_everything_else_is_served_while_a_websocket_is_open(example: Example) -
     accepted = example.routes()
     assert accepted["ws"][0] == 2 and accepted["web"][0] == 2, accepted
     assert accepted["grpc"][0] >= 1, accepted
+    assert_clean_exit(example.running, example.running.stop())
+
+
+def test_wss_both_ways_behind_a_tls_route(
+    tmp_path: Path,
+    start_twistd: Callable[..., Running],
+) -> None:
+    """The same routes inside a tls route: wss:// to the ws route, and to
+    the Site's resource (its connection a TLS layer's, handed over there)."""
+    path = write_config(tmp_path, tls=True)
+    example = Example(start_twistd("--config", str(path)), admin_port(path))
+    sent = [(b"secret", False), (BINARY, True)]
+    by_route = autobahn_echo(example.port, "/ws", sent, tls=True)
+    assert (by_route.server, by_route.messages) == (ROUTE_SERVER, sent)
+    by_site = autobahn_echo(example.port, "/ws/", sent, tls=True)
+    assert (by_site.server, by_site.messages) == (SITE_SERVER, sent)
+    assert by_route.close_code == by_site.close_code == 1000
+    # Every connection came in through the tls route, and all have closed.
+    example.wait_for_routes(
+        {"grpc": (0, 0), "ws": (1, 0), "web": (1, 0), "tls": (2, 0)}
+    )
     assert_clean_exit(example.running, example.running.stop())
 
 
