@@ -43,7 +43,14 @@ from autobahn.asyncio.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
 )
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -56,6 +63,7 @@ from wsproto.events import (
 )
 
 from tests.browser_support import CHROMIUM, chromium_dom
+from tests.logs import captured_logs
 from tests.test_twistd import (
     Running,
     assert_clean_exit,
@@ -64,6 +72,8 @@ from tests.test_twistd import (
     start_twistd,
 )
 from tests.tls_support import pki
+from txcmux import ProtocolSwitchingFactory, Route, matchers
+from txcmux.web import WebFactory
 from txcmux.websocket import WebSocketResource
 
 __all__ = ["start_twistd"]  # the fixture, used by name
@@ -509,3 +519,77 @@ def test_the_resource_answers_500_when_the_factory_builds_nothing() -> None:
     assert resource.render(request) == b""
     assert request.responseCode == 500
     assert dict(resource.stats) == {"refused.factory": 1}
+
+
+class _Transport(StringTransport):
+    """A StringTransport that calls ``protocol`` on each read, as TCP does."""
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "10.0.0.7", 51234))
+        self.protocol: Any = None
+
+    def connect(self, protocol: Any) -> None:
+        self.protocol = protocol
+        protocol.makeConnection(self)
+
+    def receive(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+
+HANDSHAKE = (
+    b"GET /ws?x=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def test_the_resource_hands_the_connection_over_and_it_stays_counted() -> None:
+    """Through the detector and the web route, on an in-memory transport:
+    the transport calls the new protocol, which gets the request again; the
+    Site's channel no longer produces or times out; the connection is
+    counted until the new protocol loses it."""
+    clock = Clock()
+    root = Resource()
+    resource = WebSocketResource(Factory.forProtocol(_Recorder))
+    root.putChild(b"ws", resource)
+    site = Site(root, reactor=clock)
+    mux = ProtocolSwitchingFactory(
+        [Route("web", matchers.http1(), WebFactory(site))], clock=clock
+    )
+    transport = _Transport()
+    transport.connect(mux.buildProtocol(transport.getPeer()))
+    transport.receive(HANDSHAKE[:20])
+    transport.receive(HANDSHAKE[20:])
+    taken = transport.protocol
+    assert isinstance(taken, _Recorder)
+    assert taken.transport is transport
+    assert taken.received.startswith(b"GET /ws?x=1 HTTP/1.1\r\n")
+    assert b"Sec-Websocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" in taken.received
+    assert taken.received.endswith(b"\r\n\r\n")
+    assert transport.value() == b""  # the Site wrote nothing
+    assert transport.producer is None
+    assert dict(resource.stats) == {"taken": 1}
+    clock.advance(0)
+    assert clock.getDelayedCalls() == []  # no channel timeout left
+    assert (mux.connections.active, list(mux.connections)) == (1, [taken])
+    transport.receive(b"frames")
+    assert taken.received.endswith(b"\r\n\r\nframes")
+    taken.connectionLost(Failure(ConnectionDone()))
+    assert (mux.connections.active, list(mux.connections)) == (0, [])
+
+
+def test_a_transport_calling_someone_else_is_aborted_and_logged() -> None:
+    """A channel whose transport does not call it (no ``protocol`` pointing
+    at it): nothing to hand over, so the connection is aborted."""
+    resource = WebSocketResource(Factory.forProtocol(_Recorder))
+    root = Resource()
+    root.putChild(b"ws", resource)
+    site = Site(root, reactor=Clock())
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    with captured_logs() as events:
+        channel.dataReceived(HANDSHAKE)
+    assert transport.disconnecting
+    assert dict(resource.stats) == {"refused.transport": 1}
+    assert any("cannot take the connection" in text for text in events)

@@ -78,6 +78,8 @@ def take_connection(request: Any, protocol: IProtocol) -> bool:
         )
         transport.abortConnection()
         return False
+    # twisted.web suspends the channel's idle timeout while a request is
+    # handled, and this one never ends; off for good all the same.
     channel.setTimeout(None)
     transport.unregisterProducer()  # the channel's registration
     install(transport, current, protocol)
