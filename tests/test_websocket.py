@@ -5,8 +5,9 @@ read the routes' counts).  Autobahn|Python's own client echoes text and
 binary messages over ``/ws``, once through the ``ws`` route (the
 connection's first request upgrades) and once through the Site's
 :class:`txcmux.websocket.WebSocketResource` (an upgrade after a GET on a
-kept-alive connection); headless Chromium opens a page from the Site whose
-script echoes over ``new WebSocket(...)``; curl over HTTP/1.1 and h2c and a
+kept-alive connection), and both again over ``wss://`` through a TLS
+route; headless Chromium opens a page from the Site whose script echoes
+over ``new WebSocket(...)``, with the ws route and without it; curl over HTTP/1.1 and h2c and a
 grpcio call are answered while a WebSocket is open.  An HTTP/2 client sees
 no RFC 8441 (extended CONNECT) offered.  A stop closes open WebSockets
 with 1001, Going Away.  Autobahn's own ``WebSocketResource`` is checked to
@@ -373,6 +374,33 @@ def test_chromium_echoes_over_new_websocket(example: Example) -> None:
     # The page came from the Site; Chromium opened its WebSocket on a
     # connection of its own, which the ws route took.
     example.wait_for_routes({"grpc": (0, 0), "ws": (1, 0), "web": (1, 0)})
+    assert_clean_exit(example.running, example.running.stop())
+
+
+WS_ROUTE = """
+[[route]]
+name = "ws"
+match = [{ type = "websocket", path = "/ws" }]
+factory = "websocket_app:make_factory"
+"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")
+def test_chromium_echoes_through_the_site_alone(
+    tmp_path: Path,
+    start_twistd: Callable[..., Running],
+) -> None:
+    """Without the ws route the Site's resource serves the browser's
+    WebSocket too: way (a) on its own."""
+    path = write_config(tmp_path)
+    text = path.read_text(encoding="utf-8")
+    assert WS_ROUTE in text
+    path.write_text(text.replace(WS_ROUTE, ""), encoding="utf-8")
+    example = Example(start_twistd("--config", str(path)), admin_port(path))
+    dom = chromium_dom(f"http://127.0.0.1:{example.port}/")
+    expected = 'echo: [{"text":"hello over one port"},{"binary":[0,1,2,255]}]'
+    assert expected in dom and "closed 1000" in dom, dom[-3000:]
+    example.wait_for_routes({"grpc": (0, 0), "web": (2, 0)})
     assert_clean_exit(example.running, example.running.stop())
 
 
