@@ -6,12 +6,14 @@ binary messages over ``/ws``, once through the ``ws`` route (the
 connection's first request upgrades) and once through the Site's
 :class:`txcmux.websocket.WebSocketResource` (an upgrade after a GET on a
 kept-alive connection), and both again over ``wss://`` through a TLS
-route; headless Chromium opens a page from the Site whose script echoes
-over ``new WebSocket(...)``, with the ws route and without it; curl over HTTP/1.1 and h2c and a
-grpcio call are answered while a WebSocket is open.  An HTTP/2 client sees
-no RFC 8441 (extended CONNECT) offered.  A stop closes open WebSockets
-with 1001, Going Away.  Autobahn's own ``WebSocketResource`` is checked to
-leave its connection counted after it closed (why txcmux has its own).
+route.  Headless Chromium opens a page from the Site whose script echoes
+over ``new WebSocket(...)``, with the ws route and without it.  curl over
+HTTP/1.1 and h2c and grpcio calls are answered while a WebSocket is open.
+An HTTP/2 client sees no RFC 8441 (extended CONNECT) offered.  A stop
+closes open WebSockets with 1001, Going Away.  Autobahn's own
+``WebSocketResource`` is checked to leave its connection counted after it
+closed (why txcmux has its own), and txcmux's, on in-memory transports,
+to hand the connection over cleanly.
 """
 
 from __future__ import annotations
