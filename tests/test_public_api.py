@@ -48,6 +48,7 @@ DOCUMENTED = [
     "txcmux.testing",
     "txcmux.tls",
     "txcmux.web",
+    "txcmux.websocket",
 ]
 
 
