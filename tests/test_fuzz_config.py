@@ -212,6 +212,15 @@ _ROUTE_VALUES: dict[str, st.SearchStrategy[object]] = {
     "wsgi_threads": ints,
     "asgi": st.one_of(import_paths, st.just("txcmux.demo:config()")),
     "asgi_lifespan": st.sampled_from(["auto", "on", "off", "sometimes", ""]),
+    "grpc_backend": st.one_of(
+        st.sampled_from(["in-process", "unix:/nonexistent", "tcp:127.0.0.1:1"]),
+        endpoints,
+    ),
+    "grpc_web": st.booleans(),
+    "grpc_web_origins": st.one_of(
+        st.lists(st.sampled_from(["*", "https://a.example", "ftp:x", ""]), max_size=3),
+        st.text(max_size=8),
+    ),
     "tls": st.fixed_dictionaries(
         {},
         optional={
@@ -277,6 +286,7 @@ _TOP_VALUES: dict[str, st.SearchStrategy[object]] = {
             "max_concurrent_rpcs": ints,
             "grace": floats,
             "options": st.dictionaries(st.text(max_size=8), scalars, max_size=3),
+            "services": _ROUTE_VALUES["grpc"],
         },
     ),
     "drain_timeout": floats,
@@ -291,9 +301,13 @@ def test_the_generators_cover_the_schema() -> None:
     assert set(_TOP_VALUES) == set(TOP_LEVEL_KEYS) | {"endpoint"}
     assert set(_ROUTE_VALUES) == set(ROUTE_KEYS)
     assert set(_LISTENER_VALUES) == set(LISTENER_KEYS)
-    assert {"max_workers", "max_concurrent_rpcs", "grace", "options"} == set(
-        GRPC_SERVER_KEYS
-    )
+    assert {
+        "max_workers",
+        "max_concurrent_rpcs",
+        "grace",
+        "options",
+        "services",
+    } == set(GRPC_SERVER_KEYS)
     assert set(TLS_KEYS) <= {
         "certificate",
         "key",

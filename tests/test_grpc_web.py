@@ -8,6 +8,8 @@ JavaScript client in Chromium.  Everything listens on 127.0.0.1.
 from __future__ import annotations
 
 import base64
+import os
+import tempfile
 from typing import Any
 
 from twisted.internet.interfaces import IListeningPort
@@ -112,9 +114,10 @@ class GrpcWebTests(unittest.TestCase):
         kind = "application/grpc-web-text" if text else "application/grpc-web+proto"
         body = grpc_frame(message)
         data = base64.b64encode(body) if text else body
-        path = self.mktemp()
-        with open(path, "wb") as file:
-            file.write(data)
+        handle, path = tempfile.mkstemp(suffix=".grpc-web")
+        self.addCleanup(os.unlink, path)
+        os.write(handle, data)
+        os.close(handle)
         args = [
             http,
             "-X",
