@@ -203,6 +203,9 @@ class Backend:
         except (ConnectionResetError, ssl.SSLError):
             clean = False
         sender.join()
+        if isinstance(client, ssl.SSLSocket):
+            with contextlib.suppress(OSError):
+                client.unwrap()  # close_notify back
         with self._lock:
             self.digests[seed] = (digest.hexdigest(), count, clean)
             self.ends.append("fin" if clean else "rst")
@@ -317,6 +320,10 @@ def transfer(
             result.errors.append("timed out")
             break
         writing = [sock] if sent < len(out) else []
+        if not writing and (result.eof or (is_tls and result.received >= down)):
+            # No half-close over TLS: the byte count says it is done.
+            result.eof = True
+            break
         if not writing and half_close and not shut and not is_tls:
             sock.shutdown(socket.SHUT_WR)
             shut = True
@@ -347,10 +354,10 @@ def transfer(
             result.received += len(chunk)
             if slow and rng.random() < 0.01:
                 time.sleep(0.002)  # the slow reader being simulated
-            if is_tls and result.received >= down and sent >= len(out):
-                # No half-close over TLS: the byte count says it is done.
-                result.eof = True
-                break
+    if is_tls:
+        sock.settimeout(10)
+        with contextlib.suppress(OSError):
+            sock.unwrap()  # type: ignore[union-attr]  # close_notify, not a truncation
     result.digest = digest.hexdigest()
     result.seconds = time.monotonic() - started
     return result
