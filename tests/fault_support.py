@@ -215,6 +215,13 @@ class Backend:
         wait_for(lambda: len(self.ends) >= count, f"{count} backend ends", timeout)
         return list(self.ends)
 
+    def close_held(self) -> None:
+        """Close the stalled connections held so far."""
+        with self._lock:
+            held, self.held = self.held, []
+        for sock in held:
+            sock.close()
+
     def close(self) -> None:
         self._server.close()
         with self._lock:

@@ -103,13 +103,18 @@ web = "txcmux.demo:resource"
 class Backends:
     """The stand-ins the module's mux relays to."""
 
-    def __init__(self) -> None:
+    def __init__(self, dying: bool = True) -> None:
         self.echo = Backend("echo")
         self.reset = Backend("reset")
         self.stall = Backend("stall")
         self.slow = Backend("slow", delay=1.0)
         self.dead = refused_port()
-        self.kill = DyingBackend()
+        self._kill = DyingBackend() if dying else None
+
+    @property
+    def kill(self) -> DyingBackend:
+        assert self._kill is not None
+        return self._kill
 
     def config(self) -> str:
         return CONFIG.format(
@@ -118,14 +123,14 @@ class Backends:
             stall=self.stall.port,
             slow=self.slow.port,
             dead=self.dead,
-            kill=self.kill.port,
+            kill=self.dead if self._kill is None else self._kill.port,
         )
 
     def close(self) -> None:
         for backend in (self.echo, self.reset, self.stall, self.slow):
             backend.close()
-        if self.kill.process.poll() is None:
-            self.kill.kill()
+        if self._kill is not None and self._kill.process.poll() is None:
+            self._kill.kill()
 
 
 @pytest.fixture(scope="module")
