@@ -487,6 +487,18 @@ def _rss_kib() -> int:
     return 0
 
 
+def _malloc_trim() -> None:
+    """Give the C allocator's free memory back to the system (glibc), so that
+    memory still held can be told from memory merely not returned."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).malloc_trim(0)
+
+
 def _serve(directory: Path, no_splice: bool) -> None:
     import gc
 
@@ -516,10 +528,13 @@ def _serve(directory: Path, no_splice: bool) -> None:
                 done.addCallback(lambda _: self._answer({"stopped": True}))
                 return
             gc.collect()
+            rss = _rss_kib()
+            _malloc_trim()
             self._answer(
                 {
                     "fds": len(os.listdir("/proc/self/fd")),
-                    "rss_kib": _rss_kib(),
+                    "rss_kib": rss,
+                    "trimmed_rss_kib": _rss_kib(),
                     "objects": len(gc.get_objects()),
                     "delayed": len(reactor.getDelayedCalls()),  # type: ignore[attr-defined]
                     "threads": threading.active_count(),

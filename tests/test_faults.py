@@ -43,7 +43,7 @@ pytestmark = pytest.mark.timeout(120)
 PROMPTLY = 2.0  # seconds within which the other side must be closed
 
 CONFIG = """\
-listen = ["tcp:0:interface=127.0.0.1"]
+listen = ["tcp:0:interface=127.0.0.1:backlog=1024"]
 sniff_timeout = 1.0
 routes = ["grpc", "https", "echo", "reset", "stall", "slow", "dead", "kill", "web"]
 

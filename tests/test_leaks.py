@@ -42,7 +42,10 @@ pytestmark = pytest.mark.timeout(3600 if FULL else 120)
 FDS = 2  # a descriptor the probe's own connection may still hold
 DELAYED = 2  # a timer (reload check, log rate limit) that happens to be due
 OBJECTS = 3000  # caches that fill once (h2, logging, re), not per connection
-RSS_KIB = 16 << 10 if FULL else 8 << 10  # allocator slack, not per connection
+#: Resident memory once glibc's ``malloc_trim`` has returned what is free:
+#: memory the allocator merely keeps (how much depends on how many faulted
+#: connections were open at once, not on how many there were) is not a leak.
+RSS_KIB = 16 << 10 if FULL else 8 << 10
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +180,7 @@ def test_faulted_connections_leave_nothing_behind(
     assert deltas["fds"] <= FDS, deltas
     assert deltas["delayed"] <= DELAYED, deltas
     assert deltas["objects"] <= OBJECTS, deltas
-    assert deltas["rss_kib"] <= RSS_KIB, deltas
+    assert deltas["trimmed_rss_kib"] <= RSS_KIB, deltas
     assert mux.counter("txcmux_relay_connections_open", route="stall") == 0
     assert mux.counter("txcmux_relay_connections_open", route="echo") == 0
 
