@@ -34,10 +34,17 @@ from .matchers._verdict import ReplyFilter, flush_filter
 
 _NAMES = ("write", "writeSequence", "loseConnection")
 
+
+class _Waiting(list[Callable[[], object]]):
+    """What waits for one transport's filter to be done, and what to put back."""
+
+    def __init__(self, saved: dict[str, Any]) -> None:
+        super().__init__()
+        self.saved = saved
+
+
 #: The transports being filtered, and what to call once each one's filter is done.
-_active: weakref.WeakKeyDictionary[Any, list[Callable[[], object]]] = (
-    weakref.WeakKeyDictionary()
-)
+_active: weakref.WeakKeyDictionary[Any, _Waiting] = weakref.WeakKeyDictionary()
 
 
 def filter_writes(transport: Any, reply_filter: ReplyFilter) -> None:
@@ -46,7 +53,7 @@ def filter_writes(transport: Any, reply_filter: ReplyFilter) -> None:
     ``write`` and ``writeSequence`` go through the filter until it is done;
     ``loseConnection`` first writes what the filter holds back (a frame
     header cut between writes).  A transport that cannot take attributes of
-    its own is left unfiltered.
+    its own (slots) is left unfiltered.
     """
     if reply_filter.done:
         return
@@ -70,13 +77,19 @@ def filter_writes(transport: Any, reply_filter: ReplyFilter) -> None:
             write(held)
         lose(*args, **kwargs)
 
+    own = getattr(transport, "__dict__", None)
+    if own is None:  # slots: no attribute of its own can be set
+        return
+    # Methods the instance itself set (Twisted's TLS protocol sets ``write``
+    # to its small-write aggregator) are put back as they were.
+    saved = {name: own[name] for name in _NAMES if name in own}
     try:
-        _active[transport] = []
-        transport.write = filtered_write
-        transport.writeSequence = filtered_sequence
-        transport.loseConnection = filtered_lose
-    except (AttributeError, TypeError):  # slots, or not weakly referenceable
-        _restore(transport)
+        _active[transport] = _Waiting(saved)
+    except TypeError:  # not weakly referenceable
+        return
+    transport.write = filtered_write
+    transport.writeSequence = filtered_sequence
+    transport.loseConnection = filtered_lose
 
 
 def filtering(transport: Any) -> bool:
@@ -101,12 +114,14 @@ def when_done(transport: Any, callback: Callable[[], object]) -> None:
 
 def _restore(transport: Any) -> None:
     """Give ``transport`` its own methods back; run what waited for that."""
-    own = getattr(transport, "__dict__", {})
+    waiting = _active.pop(transport, None)
+    if waiting is None:
+        return
+    own = transport.__dict__
     for name in _NAMES:
-        own.pop(name, None)
-    try:
-        waiting = _active.pop(transport, [])
-    except TypeError:
-        waiting = []
+        if name in waiting.saved:
+            own[name] = waiting.saved[name]
+        else:
+            own.pop(name, None)
     for callback in waiting:
         callback()
