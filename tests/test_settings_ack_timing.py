@@ -40,6 +40,17 @@ def settings_frames(data: bytes) -> int:
     return count
 
 
+def settings_acks(data: bytes) -> int:
+    """How many SETTINGS ACK frames a server's byte stream holds."""
+    count, position = 0, 0
+    while len(data) - position >= 9:
+        length = int.from_bytes(data[position : position + 3], "big")
+        if data[position + 3] == 0x4 and data[position + 4] & 0x1:
+            count += 1
+        position += 9 + length
+    return count
+
+
 class SlowAcker(protocol.Protocol):
     """An HTTP/2 client that acknowledges SETTINGS only when told to."""
 
@@ -89,8 +100,8 @@ class LateAckTests(unittest.TestCase):
             client,
         )
         client.transport.write(PREFACE + frame(0x4, 0, 0, b""))
-        yield client.settings_seen(1)  # the detector's SETTINGS
-        self.assertEqual(client.received, EMPTY_SETTINGS)
+        yield client.settings_seen(1)  # the detector's SETTINGS, and its ACK
+        self.assertEqual(client.received, EMPTY_SETTINGS + SETTINGS_ACK)
         block = hpack.Encoder().encode(
             [
                 (":method", "POST"),
@@ -109,6 +120,8 @@ class LateAckTests(unittest.TestCase):
         client.transport.write(frame(0x0, 0x1, 1, ECHO))  # DATA, END_STREAM
         yield client.answered  # the backend echoed the message (or hung up)
         self.assertIn(ECHO, client.received)
+        # The backend's ACK of the replayed SETTINGS was kept from the client.
+        self.assertEqual(settings_acks(client.received), 1)
         client.transport.loseConnection()
         yield client.closed
         yield defer.ensureDeferred(

@@ -41,6 +41,7 @@ from zope.interface import directlyProvides
 from txcmux import ConfigurationError, ProtocolSwitchingFactory, Route, matchers
 from txcmux._web._channel import _ChannelChooser, _unwrapped
 from txcmux.matchers import EMPTY_SETTINGS, PREFACE
+from txcmux.matchers._http2 import SETTINGS_ACK
 from txcmux.web import WebFactory, http1_channel
 
 from .logs import captured_logs
@@ -540,7 +541,7 @@ class DetectorTests(unittest.TestCase):
         transport = self.connect(mux)
         client = H2Client()
         transport.receive(client.preface())
-        self.assertEqual(transport.take(), EMPTY_SETTINGS)
+        self.assertEqual(transport.take(), EMPTY_SETTINGS + SETTINGS_ACK)
         ack = client.receive(EMPTY_SETTINGS)
         stream, request = client.get(b"/info")
         transport.receive(ack + request)
@@ -568,7 +569,7 @@ class DetectorTests(unittest.TestCase):
         client = H2Client()
         transport.receive(client.preface())
         sent_while_sniffing = transport.take()
-        self.assertEqual(sent_while_sniffing, EMPTY_SETTINGS)
+        self.assertEqual(sent_while_sniffing, EMPTY_SETTINGS + SETTINGS_ACK)
         stream, request = client.get(b"/info")
         transport.receive(request)  # HEADERS: no gRPC, the web route takes it
         self.assertNotIsInstance(transport.protocol, (H2Connection, _ChannelChooser))

@@ -519,6 +519,23 @@ def h2_connection_class() -> type[Any]:
     return connection_class
 
 
+#: Where an H2Connection paused by its transport keeps what it still owes.
+H2_BLOCKED = Private(
+    "twisted.web._http2.H2Connection._consumerBlocked",
+    "close a refused HTTP/2 connection through TLS only once its buffered"
+    " GOAWAY is written",
+    _names_in("twisted.web._http2.H2Connection.__init__", "_consumerBlocked"),
+)
+
+
+def h2_blocked(connection: object) -> Any:
+    """The Deferred a paused ``H2Connection`` fires on resuming, or None.
+
+    Its callbacks first write the control frames (a GOAWAY) the pause held.
+    """
+    return getattr(connection, "_consumerBlocked", None)
+
+
 #: Every entry, for a test that the installed Twisted has them all.
 ALL = (
     EXIT_SIGNAL,
@@ -528,4 +545,5 @@ ALL = (
     *WEB_CHANNEL,
     H2_STREAM_CONNECTION,
     H2_CONNECTION,
+    H2_BLOCKED,
 )

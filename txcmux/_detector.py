@@ -9,7 +9,9 @@ once.  After that the transport calls the new protocol directly; the
 detector only forwards events for transports it could not re-point (see
 ``_handoff.install``), and while an answer filter still removes the
 client's answer to what the detector sent (see
-:class:`~txcmux.matchers.Verdict`).
+:class:`~txcmux.matchers.Verdict`).  Where the detector answered the
+client for the server, the target's own answers to the same bytes are
+removed from what it writes (:mod:`._replies`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ._decision import Decider, Reason, Reject, Stat, Wait, closed
 from ._handoff import Handoff, IHandoffReceiver, install, present_client
 from ._log import SHOWN_BYTES, describe_peer, log
 from ._prelude import PreludeRead
+from ._replies import filter_writes
 from ._route import Route
 from .matchers._verdict import AnswerFilter, FilterChain, Verdict, flush_filter
 
@@ -221,13 +224,31 @@ class Detector(Protocol):
         elif type(decision) is Wait:
             self._ruled_out = decision.ruled_out
             for probe in decision.probes:
-                if all(probe.send != sent.send for sent in self._sent):
-                    self._sent += (probe,)
-                    assert self.transport is not None
-                    self.transport.write(probe.send)
+                self._send(probe)
         else:
             assert isinstance(decision, Reject)
             self._reject(decision)
+
+    def _send(self, probe: Verdict) -> None:
+        """Write what ``probe`` sends that was not written yet.
+
+        A send that extends one written before (a matcher answering for the
+        server as more frames arrive) takes its place, and only the rest is
+        written.
+        """
+        send = probe.send
+        sent = self._sent
+        for index, earlier in enumerate(sent):
+            if earlier.send == send:
+                return
+            if send.startswith(earlier.send):
+                self._sent = sent[:index] + (probe,) + sent[index + 1 :]
+                assert self.transport is not None
+                self.transport.write(send[len(earlier.send) :])
+                return
+        self._sent = sent + (probe,)
+        assert self.transport is not None
+        self.transport.write(send)
 
     def _decider(self, prelude: PreludeRead | None) -> Decider:
         """The decider for this connection, bound to its addresses if need be.
@@ -305,6 +326,7 @@ class Detector(Protocol):
         replay = buffered
         if self._sent:
             replay = self._start_filtering(buffered)
+            self._filter_replies()
         if IHandoffReceiver.providedBy(protocol):
             if handoff is None:
                 handoff = self._handoff(route, peer, buffered)
@@ -332,6 +354,14 @@ class Detector(Protocol):
         elif pending:
             self._filter = FilterChain(pending)
         return buffered
+
+    def _filter_replies(self) -> None:
+        """Keep from the client the target's answers the detector gave already."""
+        filters = [make() for make in (s.reply_filter for s in self._sent) if make]
+        if filters:
+            filter_writes(
+                self.transport, filters[0] if len(filters) == 1 else FilterChain(filters)
+            )
 
     def _handoff(self, route: Route, peer: IAddress, buffered: bytes) -> Handoff:
         negotiated = getattr(self.transport, "negotiatedProtocol", None)

@@ -29,6 +29,7 @@ from typing import Any
 from twisted.internet import main
 
 from .. import _compat
+from .._replies import filtering
 
 _SPLICE = getattr(os, "splice", None) if _compat.SPLICE_READY else None
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
@@ -61,6 +62,7 @@ def _plain_socket(end: Any) -> bool:
     return (
         type(transport) in _compat.SOCKET_TRANSPORTS
         and _calls_directly(transport, end)
+        and not filtering(transport)  # the detector's reply filter must see it
         and not getattr(transport, "TLS", False)
         and transport.connected
         and not transport.disconnecting
@@ -178,7 +180,8 @@ def start(one: Any, other: Any, first: bytes = b"") -> tuple[Pumps | None, bool]
     before anything else.  Returns ``(pumps, wrote_first)``: pumps is None
     where splice(2) is unavailable, a transport is not a plain socket (TLS,
     a wrapper, a test double) or calls another protocol first (the
-    detector, while it still filters the client's bytes), or ``first``
+    detector, while it still filters the client's bytes), or its writes
+    still go through the detector's reply filter (:mod:`txcmux._replies`), or ``first``
     could not be sent at once (it is then written the ordinary way);
     ``wrote_first`` says whether this function took care of ``first``.
     """

@@ -1,4 +1,4 @@
-"""What txcmux adds to Twisted's HTTP/2 connection: two guards against clients.
+"""What txcmux adds to Twisted's HTTP/2 connection: guards against clients.
 
 1. A bound h2 lacks: close on a frame header that announces too long a frame.
 
@@ -30,6 +30,27 @@ header (it never looks inside a frame) and says when one announces more::
    read as the client's GOAWAY: h2 has closed the connection, and its
    ``ProtocolError`` was logged as a failed request.
 
+3. A connection h2 refused that stays open.  For broken HPACK (a
+   ``CompressionError``) or another protocol error h2 queues a GOAWAY with
+   the right code and Twisted asks the transport to close; through a TLS
+   route the transport waits for its producer (the H2Connection, which
+   never unregisters) first, so the client waited until the idle timeout.
+   The guard counts the error (``closed.compression_error`` for h2's
+   ``ProtocolError`` with that code, broken HPACK; ``closed.protocol_error``
+   for the rest), logs it, and unregisters once the transport
+   is closing; the same after a client's GOAWAY.
+
+4. A flow-control window made negative.  A client lowering
+   SETTINGS_INITIAL_WINDOW_SIZE after a response started may make a
+   stream's window negative (RFC 9113 section 6.9.2: the server must wait
+   for WINDOW_UPDATE frames until it is positive again).  Twisted computes
+   the frame to send as ``min(max frame size, window)``: with -1 it sends
+   all but the last byte, h2 raises ``FlowControlError`` in a timed call,
+   and that connection's send loop is gone: the response never ends.  The
+   guard has h2 report a negative window as zero, where Twisted waits for
+   the window to open (it polls, once per reactor turn, as it does for any
+   exhausted window).
+
 :func:`guarded` makes the subclass of Twisted's H2Connection that the web
 target uses: it feeds every read to a :class:`FrameLengths` before h2 sees
 it, closes the connection with a GOAWAY (FRAME_SIZE_ERROR) on the header
@@ -39,12 +60,15 @@ closed.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from typing import Any
 
+import h2.exceptions
 from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 
+from .._compat import h2_blocked
 from .._log import describe_peer, log
 
 _PREFACE_LENGTH = 24
@@ -112,6 +136,25 @@ def guarded(connection_class: type[Any]) -> type[Any]:
         _refused = False
         stats: Counter[str] | None = None
 
+        def connectionMade(self) -> None:
+            super().connectionMade()
+            receive = self.conn.receive_data
+
+            def receive_data(data: bytes) -> Any:
+                try:
+                    return receive(data)
+                except h2.exceptions.ProtocolError as problem:
+                    self._protocol_error(problem)
+                    raise  # Twisted's H2Connection sends h2's GOAWAY and closes
+
+            self.conn.receive_data = receive_data
+            # A window made negative by SETTINGS counts as an empty one, which
+            # Twisted waits on (see 4. above) instead of sending into it.
+            window = self.conn.local_flow_control_window
+            self.conn.local_flow_control_window = lambda stream_id: max(
+                0, window(stream_id)
+            )
+
         def dataReceived(self, data: bytes) -> None:
             if self._refused:
                 return
@@ -121,6 +164,8 @@ def guarded(connection_class: type[Any]) -> type[Any]:
             announced = lengths.feed(data, self.conn.max_inbound_frame_size)
             if announced is None:
                 super().dataReceived(data)
+                if self.conn.state_machine.state is ConnectionState.CLOSED:
+                    self._let_close()
                 return
             self._refused = True
             if self.stats is not None:
@@ -137,6 +182,41 @@ def guarded(connection_class: type[Any]) -> type[Any]:
             self.conn.close_connection(error_code=ErrorCodes.FRAME_SIZE_ERROR)
             self.transport.write(self.conn.data_to_send())
             self.transport.loseConnection()
+            self._let_close()
+
+        def _protocol_error(self, problem: Exception) -> None:
+            """Count and log a client's HTTP/2 protocol error (h2 sends GOAWAY)."""
+            self._refused = True
+            code = getattr(problem, "error_code", None)
+            compression = code == ErrorCodes.COMPRESSION_ERROR
+            reason = "compression_error" if compression else "protocol_error"
+            if self.stats is not None:
+                self.stats["closed." + reason] += 1
+            log.info(
+                "txcmux.web: closing HTTP/2 connection from {peer}: {problem}"
+                " (GOAWAY {code})",
+                peer=describe_peer(self.transport.getPeer()),
+                problem=problem,
+                code=reason.upper(),
+            )
+
+        def _let_close(self) -> None:
+            """Unregister from a transport that is closing, so that it closes.
+
+            h2 closed the connection (a protocol error, a GOAWAY) and Twisted
+            asked the transport to close; Twisted's TLS transport waits for
+            its producer to go first, and this connection never unregisters:
+            the client would wait for the close until the idle timeout.
+            """
+            transport = self.transport
+            if transport is None or not transport.disconnecting:
+                return
+            blocked = h2_blocked(self)
+            if blocked is not None:  # paused: the GOAWAY waits; then unregister
+                blocked.addCallback(lambda _: self._let_close())
+                return
+            with contextlib.suppress(Exception):
+                transport.unregisterProducer()
 
         def _stream_closed(self, stream_id: int) -> bool:
             if self.conn.state_machine.state is ConnectionState.CLOSED:

@@ -46,6 +46,12 @@ class AnswerFilter(Protocol):
     def feed(self, data: bytes) -> bytes: ...
 
 
+#: A filter of what the *target* writes to the client, in the same shape: fed
+#: the target's bytes in order, it returns what the client is to get of them
+#: (see ``Verdict.reply_filter``).
+ReplyFilter = AnswerFilter
+
+
 def flush_filter(answer_filter: AnswerFilter) -> bytes:
     """What ``answer_filter`` still holds back, once the client closed its side.
 
@@ -75,11 +81,20 @@ class Verdict:
     connection).  ``answer_filter`` makes a fresh :class:`AnswerFilter` that
     removes the answer; the detector applies one to every connection it
     wrote ``send`` to, whichever route takes it.
+
+    A matcher may answer for the server while it waits (an HTTP/2 matcher
+    acknowledges the client's SETTINGS and PINGs): ``send`` is then all a
+    server would have written by now, and grows with the bytes seen; the
+    detector writes only what it has not written yet (a ``send`` that
+    extends one it wrote adds the rest).  The target, replayed the same
+    bytes, answers them again: ``reply_filter`` makes a fresh filter that
+    removes those answers from what the target writes to the client.
     """
 
     outcome: Outcome
     send: bytes = b""
     answer_filter: Callable[[], AnswerFilter] | None = None
+    reply_filter: Callable[[], ReplyFilter] | None = None
 
 
 MATCH = Verdict(Outcome.MATCH)
@@ -154,11 +169,22 @@ def combine(verdicts: Sequence[Verdict]) -> Verdict:
     distinct = list({v.send: v for v in verdicts}.values())
     if len(distinct) == 1:
         return distinct[0]
+    # Sends that only grow (an HTTP/2 matcher's answers) are one send: the
+    # longest of them says all the others do.
+    distinct = [
+        v
+        for v in distinct
+        if not any(w is not v and w.send.startswith(v.send) for w in distinct)
+    ]
+    if len(distinct) == 1:
+        return distinct[0]
     filters = [v.answer_filter for v in distinct if v.answer_filter is not None]
+    replies = [v.reply_filter for v in distinct if v.reply_filter is not None]
     return Verdict(
         Outcome.NEED_MORE,
         b"".join(v.send for v in distinct),
         (lambda: FilterChain([make() for make in filters])) if filters else None,
+        (lambda: FilterChain([make() for make in replies])) if replies else None,
     )
 
 
