@@ -18,13 +18,13 @@ to hand the connection over cleanly.
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import json
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -42,10 +42,6 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
-from autobahn.asyncio.websocket import (
-    WebSocketClientFactory,
-    WebSocketClientProtocol,
-)
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
@@ -166,50 +162,35 @@ class Echoed:
     close_code: int | None = None
 
 
-async def _autobahn_echo(
-    port: int, path: str, sent: list[tuple[bytes, bool]], tls: bool = False
-) -> Echoed:
-    loop = asyncio.get_running_loop()
-    seen = Echoed()
-    closed: asyncio.Future[None] = loop.create_future()
-
-    class Client(WebSocketClientProtocol):  # type: ignore[misc]
-        def onConnect(self, response: Any) -> None:
-            seen.server = response.headers.get("server")
-
-        def onOpen(self) -> None:
-            for payload, binary in sent:
-                self.sendMessage(payload, isBinary=binary)
-
-        def onMessage(self, payload: bytes, isBinary: bool) -> None:
-            seen.messages.append((payload, isBinary))
-            if len(seen.messages) == len(sent):
-                self.sendClose(code=1000)
-
-        def onClose(self, wasClean: bool, code: int, reason: str) -> None:
-            seen.close_code = code
-            if not closed.done():
-                closed.set_result(None)
-
-    if tls:
-        context = ssl.create_default_context(cafile=str(pki().ca))
-        factory = WebSocketClientFactory(f"wss://localhost:{port}{path}")
-        secure: dict[str, Any] = {"ssl": context, "server_hostname": "localhost"}
-    else:
-        factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}")
-        secure = {}
-    factory.protocol = Client
-    await loop.create_connection(factory, "127.0.0.1", port, **secure)
-    await asyncio.wait_for(closed, timeout=10)
-    return seen
-
-
 def autobahn_echo(
     port: int, path: str, sent: list[tuple[bytes, bool]], tls: bool = False
 ) -> Echoed:
     """Send ``sent`` with Autobahn's asyncio client (over TLS: ``wss://``),
-    then close: what came back."""
-    return asyncio.run(_autobahn_echo(port, path, sent, tls))
+    then close: what came back.  The client runs in a process of its own
+    (tests/autobahn_client.py says why)."""
+    messages = [
+        [base64.b64encode(payload).decode(), binary] for payload, binary in sent
+    ]
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("autobahn_client.py")),
+            str(port),
+            path,
+            str(pki().ca) if tls else "",
+        ],
+        input=json.dumps(messages),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    seen = json.loads(done.stdout)
+    return Echoed(
+        server=seen["server"],
+        messages=[(base64.b64decode(p), b) for p, b in seen["messages"]],
+        close_code=seen["close_code"],
+    )
 
 
 class Socket:

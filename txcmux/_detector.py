@@ -242,11 +242,11 @@ class Detector(Protocol):
             if earlier.send == send:
                 return
             if send.startswith(earlier.send):
-                self._sent = sent[:index] + (probe,) + sent[index + 1 :]
+                self._sent = (*sent[:index], probe, *sent[index + 1 :])
                 assert self.transport is not None
                 self.transport.write(send[len(earlier.send) :])
                 return
-        self._sent = sent + (probe,)
+        self._sent = (*sent, probe)
         assert self.transport is not None
         self.transport.write(send)
 
@@ -360,7 +360,8 @@ class Detector(Protocol):
         filters = [make() for make in (s.reply_filter for s in self._sent) if make]
         if filters:
             filter_writes(
-                self.transport, filters[0] if len(filters) == 1 else FilterChain(filters)
+                self.transport,
+                filters[0] if len(filters) == 1 else FilterChain(filters),
             )
 
     def _handoff(self, route: Route, peer: IAddress, buffered: bytes) -> Handoff:
