@@ -10,6 +10,7 @@ under twistd on 127.0.0.1 port 0 and asked by curl and grpcio.
 
 from __future__ import annotations
 
+import base64
 import configparser
 import re
 import shutil
@@ -62,10 +63,13 @@ def make_certificates(directory: Path) -> None:
 
 
 def copied(tmp_path: Path, name: str) -> Path:
-    """examples/howto/NAME in tmp_path, with the certificates it may name."""
+    """examples/howto/NAME in tmp_path, with the certificates it may name
+    and examples/websocket_app.py, which the page says to put beside it."""
     if not (tmp_path / "certs").exists():
         make_certificates(tmp_path)
     shutil.copy(HOWTO / name, tmp_path / name)
+    if "websocket_app:" in (HOWTO / name).read_text(encoding="utf-8"):
+        shutil.copy(ROOT / "examples" / "websocket_app.py", tmp_path)
     return tmp_path / name
 
 
@@ -388,3 +392,57 @@ def test_behind_a_proxy_takes_the_header(serve) -> None:  # type: ignore[no-unty
         check=False,
     )
     assert refused.returncode != 0  # no header on a "required" listener: closed
+
+
+#: ``Message(text="curl")`` as one gRPC-Web frame, base64: the how-to's curl call.
+GRPC_WEB_TEXT_CALL = base64.b64encode(b"\x00\x00\x00\x00\x06\x0a\x04curl").decode()
+
+
+@needs_curl
+def test_browsers_get_grpc_web_and_websockets(serve) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("autobahn")
+    from tests.test_grpc_web import frames
+    from tests.test_websocket import Socket
+
+    page = (PAGES / "browsers.md").read_text(encoding="utf-8")
+    assert f"--data-binary {GRPC_WEB_TEXT_CALL}" in page
+    served = serve("browsers.toml")
+    greet = f"http://127.0.0.1:{served.port}/txcmux.demo.Demo/Greet"
+    # gRPC-Web's text variant, exactly as the page has curl send it.
+    answer = curl(
+        "-H", "content-type: application/grpc-web-text",
+        "-H", "accept: application/grpc-web-text",
+        "--data-binary", GRPC_WEB_TEXT_CALL, greet,
+    )  # fmt: skip
+    messages, trailers = frames(base64.b64decode(answer))
+    assert messages == [b"\x0a\x0cHello, curl!"]
+    assert trailers[b"grpc-status"] == b"0"
+    # A page of the allowed origin gets its preflight answered; another does not.
+    allowed = curl(
+        "-i", "-X", "OPTIONS", "-H", "origin: https://app.example.com",
+        "-H", "access-control-request-method: POST",
+        "-H", "access-control-request-headers: content-type,x-grpc-web", greet,
+    ).lower()  # fmt: skip
+    assert "access-control-allow-origin: https://app.example.com" in allowed
+    refused = subprocess.run(
+        [
+            "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20",
+            "-H", "origin: https://elsewhere.example", "-H",
+            "content-type: application/grpc-web-text", "--data-binary",
+            GRPC_WEB_TEXT_CALL, greet,
+        ],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert refused.stdout == "403"
+    # A new connection that upgrades /ws goes to the ws route; an upgrade
+    # after a page view on a kept-alive connection, to the Site's /ws.
+    fresh = Socket(served.port)
+    assert fresh.upgrade("/ws") == "txcmux-example-route"
+    assert fresh.echo("text", b"\x00binary") == ("text", b"\x00binary")
+    fresh.close()
+    late = Socket(served.port)
+    page = late.request(b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert page.startswith(b"HTTP/1.1 200"), page
+    assert late.upgrade("/ws") == "txcmux-example-site"
+    assert late.echo("late", b"!") == ("late", b"!")
+    late.close()
