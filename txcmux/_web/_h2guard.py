@@ -30,9 +30,13 @@ header (it never looks inside a frame) and says when one announces more::
    read as the client's GOAWAY: h2 has closed the connection, and its
    ``ProtocolError`` was logged as a failed request.
 
-3. A connection h2 refused that stays open.  For broken HPACK (a
-   ``CompressionError``) or another protocol error h2 queues a GOAWAY with
-   the right code and Twisted asks the transport to close; through a TLS
+3. A connection h2 refused that stays open, and broken HPACK called a
+   protocol error.  h2 turns every HPACK decoding error into a
+   ``ProtocolError`` with the code PROTOCOL_ERROR, where RFC 9113
+   section 4.3 asks for COMPRESSION_ERROR; the guard has the decoder
+   raise a :class:`CompressionError` instead, which h2 answers with a
+   GOAWAY of that code.  For it, or another protocol error, h2 queues a
+   GOAWAY and Twisted asks the transport to close; through a TLS
    route the transport waits for its producer (the H2Connection, which
    never unregisters) first, so the client waited until the idle timeout.
    The guard counts the error (``closed.compression_error`` for h2's
@@ -67,6 +71,7 @@ from typing import Any
 import h2.exceptions
 from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
+from hpack import HPACKError, OversizedHeaderListError
 
 from .._compat import h2_blocked
 from .._log import describe_peer, log
@@ -117,6 +122,39 @@ class FrameLengths:
         return None
 
 
+class CompressionError(h2.exceptions.ProtocolError):
+    """A field block HPACK cannot decode: a connection error of type
+    COMPRESSION_ERROR (RFC 9113, section 4.3)."""
+
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+def strict_decoding(decoder: Any) -> None:
+    """Have ``decoder`` (h2's HPACK decoder) raise :class:`CompressionError`
+    for a block it cannot decode; an oversized header list stays h2's own
+    denial-of-service error (ENHANCE_YOUR_CALM).
+
+    >>> import hpack
+    >>> decoder = hpack.Decoder()
+    >>> strict_decoding(decoder)
+    >>> decoder.decode(b"\\x80")
+    Traceback (most recent call last):
+      ...
+    txcmux._web._h2guard.CompressionError: ...
+    """
+    decode = decoder.decode
+
+    def strict(data: bytes, raw: bool = False) -> Any:
+        try:
+            return decode(data, raw=raw)
+        except OversizedHeaderListError:
+            raise
+        except (HPACKError, IndexError) as problem:
+            raise CompressionError(f"undecodable header block: {problem}") from None
+
+    decoder.decode = strict
+
+
 #: The guarded subclass of each connection class, made once.
 _made: dict[type[Any], type[Any]] = {}
 
@@ -148,6 +186,7 @@ def guarded(connection_class: type[Any]) -> type[Any]:
                     raise  # Twisted's H2Connection sends h2's GOAWAY and closes
 
             self.conn.receive_data = receive_data
+            strict_decoding(self.conn.decoder)
             # A window made negative by SETTINGS counts as an empty one, which
             # Twisted waits on (see 4. above) instead of sending into it.
             window = self.conn.local_flow_control_window
