@@ -108,6 +108,60 @@ def find_field(
         position = following
 
 
+class HeaderBlock:
+    """The first header block of a request, parsed once for every
+    :func:`http1_header` matcher that asks about the same bytes.
+
+    ``fields`` are the complete, well-formed field lines before the first
+    line that is not one, each as (lower-case name, value trimmed and in
+    lower case); ``then`` is what follows them: ``NO_MATCH`` for the empty
+    line ending the block or a malformed line, ``NEED_MORE`` for a line not
+    yet complete, or the request line's own verdict (with no fields) while
+    that is not a whole request line.
+    """
+
+    __slots__ = ("fields", "then")
+
+    def __init__(self, data: bytes) -> None:
+        self.fields: list[tuple[bytes, bytes]] = []
+        position = request_line_end(data)
+        if isinstance(position, Verdict):
+            self.then = position
+            return
+        while True:
+            ends = _line_end(data, position)
+            if ends is None:
+                self.then = NEED_MORE
+                return
+            end, following = ends
+            colon = data.find(b":", position, end)
+            name = data[position:colon]
+            if end == position or colon < 0 or not _is_token(name):
+                self.then = NO_MATCH  # the empty line, or a malformed one
+                return
+            value = data[colon + 1 : end].strip(b" \t").lower()
+            self.fields.append((name.lower(), value))
+            position = following
+
+
+#: The last header block parsed, and the bytes it was parsed from: every
+#: http1_header route asks about the same bytes in one decision, so the
+#: block is parsed once however many routes ask (the reactor asks from one
+#: thread; the pair is replaced whole).
+_last_block: tuple[bytes, HeaderBlock] | None = None
+
+
+def header_block(data: bytes) -> HeaderBlock:
+    """The :class:`HeaderBlock` of ``data``, parsed once per bytes object."""
+    global _last_block
+    last = _last_block
+    if last is not None and last[0] is data:
+        return last[1]
+    block = HeaderBlock(data)
+    _last_block = (data, block)
+    return block
+
+
 def request_line_end(data: bytes) -> Verdict | int:
     """Check an HTTP/1.x request line; return the offset just after it.
 
@@ -207,24 +261,16 @@ def http1_header(
     def verdict(data: bytes) -> Verdict:
         # Only the first max_bytes count, however many arrived in one read.
         data = data[:max_bytes]
-        found = scan(data)
-        if found is NEED_MORE and len(data) >= max_bytes:
+        block = header_block(data)
+        for field_name, field_value in block.fields:
+            if field_name == wanted_name and (
+                field_value == wanted_value
+                or (prefix and field_value.startswith(wanted_value))
+            ):
+                return MATCH
+        if block.then is NEED_MORE and len(data) >= max_bytes:
             return NO_MATCH  # a header block longer than allowed is not waited for
-        return found
-
-    def wanted(field_name: bytes, field_value: bytes) -> bool:
-        if field_name.lower() != wanted_name:
-            return False
-        field_value = field_value.strip(b" \t").lower()
-        return field_value == wanted_value or (
-            prefix and field_value.startswith(wanted_value)
-        )
-
-    def scan(data: bytes) -> Verdict:
-        position = request_line_end(data)
-        if isinstance(position, Verdict):
-            return position
-        return find_field(data, position, wanted)
+        return block.then
 
     kind = "prefix" if prefix else "value"
     label = f"http1_header({wanted_name.decode()}, {kind}={wanted_value!r})"

@@ -179,6 +179,37 @@ def _name_matches(pattern: str, name: str) -> bool:
     return name == pattern
 
 
+class ServerNames:
+    """A list of server names and ``*.`` wildcards, asked in time that does
+    not grow with its length: a set of exact names, and a set of wildcard
+    suffixes looked up once per dot of the name (``*.example.org`` covers
+    ``a.example.org`` and ``a.b.example.org``, not ``example.org``).
+
+    >>> names = ServerNames(["api.example.com", "*.example.org"])
+    >>> [names.match(n) for n in ("api.example.com", "a.b.example.org", "example.org")]
+    [True, True, False]
+    """
+
+    __slots__ = ("_exact", "_suffixes")
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        patterns = tuple(patterns)
+        self._exact = frozenset(p for p in patterns if not p.startswith("*."))
+        self._suffixes = frozenset(p[1:] for p in patterns if p.startswith("*."))
+
+    def match(self, name: str) -> bool:
+        """Whether ``name`` (lower case, no trailing dot) is in the list."""
+        if name in self._exact:
+            return True
+        if self._suffixes:
+            at = name.find(".", 1)
+            while at > 0:
+                if name[at:] in self._suffixes:
+                    return True
+                at = name.find(".", at + 1)
+        return False
+
+
 _VERSION_ALIASES = {
     "1.0": "1.0", "1.1": "1.1", "1.2": "1.2", "1.3": "1.3",
     "tls1.0": "1.0", "tls1.1": "1.1", "tls1.2": "1.2", "tls1.3": "1.3",
@@ -237,6 +268,7 @@ def tls(
         tuple(n.lower().rstrip(".") for n in names) if names is not None else None
     )
     protocols = _one_or_many("alpn", alpn)
+    listed = ServerNames(patterns or ())
 
     if wanted_versions is None and patterns is None and protocols is None:
         return FunctionMatcher("tls", 6, _record_start_verdict)
@@ -252,8 +284,7 @@ def tls(
         if wanted_versions is not None and hello.versions.isdisjoint(wanted_versions):
             return NO_MATCH
         if patterns is not None and not (
-            hello.server_name is not None
-            and any(_name_matches(p, hello.server_name) for p in patterns)
+            hello.server_name is not None and listed.match(hello.server_name)
         ):
             return NO_MATCH
         if protocols is not None and not set(protocols) & set(hello.alpn):
