@@ -141,3 +141,38 @@ def test_a_missing_peer_is_skipped_with_one_line(tmp_path: Path) -> None:
     ]
     assert "| http1-keepalive |" in done.stdout
     assert "HAProxy" not in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="the growth series needs wrk")
+def test_the_growth_series_runs(tmp_path: Path) -> None:
+    """``python -m benchmarks.growth --quick``: a row per level and state, a
+    cost per route count and SNI list, and (with the bench extra's
+    matplotlib) the two charts."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        charts: list[str] = []
+    else:
+        charts = ["--chart", str(tmp_path)]
+    results_file = tmp_path / "growth.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.growth", "--quick",
+         "--json", str(results_file), *charts],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(results_file.read_text())
+    levels = {(row["state"], row["open"]) for row in results["connections"]}
+    assert levels == {(s, n) for s in ("sniffing", "idle") for n in (0, 100, 1000)}
+    for row in results["connections"]:
+        assert row["new_p50_ms"] > 0 and row["decided_p50_ms"] > 0, row
+        if row["open"]:
+            # Every connection held open is one more descriptor in the server.
+            assert row["server_fds"] > row["open"], row
+    assert sorted(results["routes"]["routes"], key=int) == ["1", "4", "16", "64"]
+    for row in results["routes"]["routes"].values():
+        assert row["decision_us"] > 0 and row["close_rps"] > 0, row
+    assert sorted(results["routes"]["sni_names"], key=int) == ["1", "10", "100", "1000"]
+    if charts:
+        assert (tmp_path / "growth-connections.png").stat().st_size > 0
+        assert (tmp_path / "growth-routes.png").stat().st_size > 0
