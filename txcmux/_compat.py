@@ -264,6 +264,18 @@ def give_back_io(transport: Any, *, read: bool = False, write: bool = False) -> 
         vars(transport).pop("doWrite", None)
 
 
+def write_pending(transport: Any) -> bool:
+    """Whether bytes written to ``transport`` still wait in its buffer
+    (Twisted's ``FileDescriptor`` keeps them in ``dataBuffer`` and
+    ``_tempDataBuffer``); True for a transport that is not one."""
+    try:
+        waiting: int = len(transport.dataBuffer) - transport.offset
+        waiting += transport._tempDataLen
+    except (AttributeError, TypeError):
+        return True
+    return waiting > 0
+
+
 def write_now(transport: Any, data: bytes) -> int | None:
     """Write what the socket takes of ``data`` at once; None if it failed."""
     sent = transport.writeSomeData(data)

@@ -53,6 +53,7 @@ from .._handoff import Handoff, IHandoffReceiver
 from .._histogram import CONNECT_SECONDS, Histogram
 from .._log import describe_peer, log
 from .._proxy._send import check_version, header_for
+from .._replies import filtering, when_done
 from ._clients import IRelayedClients
 from ._splice import Pumps
 from ._splice import close as _close_pumps
@@ -74,6 +75,11 @@ def _close_write(transport: Any) -> None:
         own(transport)
     else:
         transport.loseConnection()
+
+
+#: How many turns of the reactor a relay waits for both write buffers to be
+#: empty at once, to splice after the reply filter is done.
+_SPLICE_TRIES = 1000
 
 
 @implementer(IPushProducer)
@@ -310,11 +316,44 @@ class RelayProtocol(_End):
             # Between two plain sockets on Linux the kernel moves the bytes.
             self._pumps, wrote = _start_pumps(self, backend, data)
             client.resumeProducing()  # type: ignore[attr-defined]
+            if self._pumps is None and filtering(client):
+                # The detector's reply filter must see the backend's first
+                # answers (HTTP/2's SETTINGS ACK); the kernel can take over
+                # once it is done, on a turn of its own, after the write
+                # that finished it.
+                when_done(client, self._splice_when_filtered)
         if data and not wrote:
             server.write(data)
         if self.read_closed:
             _unregister(server)
             _close_write(server)
+
+    def _splice_when_filtered(self) -> None:
+        self.relay.clock.callLater(0, self._splice_later, _SPLICE_TRIES)
+
+    def _splice_later(self, tries: int) -> None:
+        """Splice now that the reply filter is done, if both sides still
+        relay.  Bytes still waiting in a transport's buffer would be
+        overtaken by spliced ones, so while there are some, try again on the
+        next turns of the reactor, ``tries`` times at most (a relay busy
+        both ways all that time stays on the copying path)."""
+        backend = self.other
+        if (
+            self._pumps is not None
+            or backend is None
+            or self.lost is not None
+            or backend.lost is not None
+            or self.read_closed
+            or backend.read_closed
+        ):
+            return
+        if _compat.write_pending(self.transport) or _compat.write_pending(
+            backend.transport
+        ):
+            if tries > 1:
+                self.relay.clock.callLater(0, self._splice_later, tries - 1)
+            return
+        self._pumps, _ = _start_pumps(self, backend, b"")
 
     def _backend_failed(self, reason: Failure) -> None:
         self._connecting = None
