@@ -118,7 +118,9 @@ class Backend:
 
     ``behaviour``: ``echo``; ``reset`` (read the first chunk, answer
     ``partial`` and reset); ``stall`` (accept, never read); ``slow``
-    (accept each connection ``delay`` seconds late, then echo); ``sink``.
+    (accept each connection ``delay`` seconds late, then echo); ``late``
+    (accept ``delay`` seconds late, read to the end, keep what came in
+    ``received``); ``sink``.
     ``tls``: a server context, for a TLS backend.  ``ends`` lists how each
     connection ended as this side saw it, in order; ``digests`` maps a sink
     seed to the sha256 of what arrived and whether the end was a clean EOF.
@@ -135,6 +137,7 @@ class Backend:
         self.tls = tls
         self.ends: list[str] = []
         self.digests: dict[int, tuple[str, int, bool]] = {}
+        self.received: list[bytes] = []
         self.accepted = 0
         self.held: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -153,7 +156,7 @@ class Backend:
             threading.Thread(target=self._one, args=(client,), daemon=True).start()
 
     def _one(self, client: socket.socket) -> None:
-        if self.behaviour == "slow":
+        if self.behaviour in ("slow", "late"):
             time.sleep(self.delay)  # the slowness being simulated
         if self.behaviour == "stall":
             with self._lock:
@@ -172,6 +175,13 @@ class Backend:
     def _echo(self, client: socket.socket) -> None:
         end = _end_of(client, client.sendall)
         with self._lock:
+            self.ends.append(end)
+
+    def _late(self, client: socket.socket) -> None:
+        received = bytearray()
+        end = _end_of(client, received.extend)
+        with self._lock:
+            self.received.append(bytes(received))
             self.ends.append(end)
 
     def _reset(self, client: socket.socket) -> None:

@@ -1277,6 +1277,73 @@ def test_send_proxy_errors(
     assert_says(error_of(tmp_path, 'listen = ["tcp:0"]\n' + route), *expected)
 
 
+def test_idle_timeout_reaches_the_relay(tmp_path: Path) -> None:
+    listen = 'listen = ["tcp:0"]\n'
+    for text, expected in [
+        ("", 3600.0),
+        ("idle_timeout = 90\n", 90.0),
+        ("idle_timeout = 0\n", 0.0),
+    ]:
+        config = load(write(tmp_path, listen + SSH_ROUTE + text))
+        relay = make_service(config).mux.routes[0].factory
+        assert relay.idle_timeout == expected  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [
+        (
+            SSH_ROUTE + "idle_timeout = -5",
+            ('route "ssh"', 'key "idle_timeout"', "-5", "positive number of seconds"),
+        ),
+        (
+            SSH_ROUTE + 'idle_timeout = "1h"',
+            ('key "idle_timeout"', "1h", "seconds"),
+        ),
+        (
+            WEB_ROUTE + "idle_timeout = 30",
+            ('route "web"', 'key "idle_timeout"', "a key of proxy routes", "is web"),
+        ),
+    ],
+)
+def test_idle_timeout_errors(
+    tmp_path: Path, route: str, expected: tuple[str, ...]
+) -> None:
+    assert_says(error_of(tmp_path, 'listen = ["tcp:0"]\n' + route), *expected)
+
+
+def test_header_timeout_reaches_the_web_factory(tmp_path: Path) -> None:
+    listen = 'listen = ["tcp:0"]\n'
+    for text, expected in [
+        ("", 60.0),
+        ("header_timeout = 5\n", 5.0),
+        ("header_timeout = 0\n", 0.0),
+    ]:
+        config = load(write(tmp_path, listen + WEB_ROUTE + "\n" + text))
+        web = make_service(config).mux.routes[0].factory
+        assert web.header_timeout == expected  # type: ignore[attr-defined]
+        assert web.name == "web"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [
+        (
+            WEB_ROUTE + "\nheader_timeout = -1",
+            ('route "web"', 'key "header_timeout"', "positive number of seconds"),
+        ),
+        (
+            SSH_ROUTE + "header_timeout = 5",
+            ('route "ssh"', 'key "header_timeout"', "a key of web, static", "is proxy"),
+        ),
+    ],
+)
+def test_header_timeout_errors(
+    tmp_path: Path, route: str, expected: tuple[str, ...]
+) -> None:
+    assert_says(error_of(tmp_path, 'listen = ["tcp:0"]\n' + route), *expected)
+
+
 # -- limits, drain and the admin table ----------------------------------------
 
 

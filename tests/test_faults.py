@@ -13,6 +13,7 @@ closed, that the listener still serves, and what ``/metrics`` counted.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import struct
@@ -45,7 +46,10 @@ PROMPTLY = 2.0  # seconds within which the other side must be closed
 CONFIG = """\
 listen = ["tcp:0:interface=127.0.0.1:backlog=1024"]
 sniff_timeout = 1.0
-routes = ["grpc", "https", "echo", "reset", "stall", "slow", "dead", "kill", "web"]
+routes = [
+  "grpc", "https", "echo", "reset", "stall", "slow", "late", "dead", "kill", "idle",
+  "stuck", "web",
+]
 
 [admin]
 listen = "unix:{{admin}}"
@@ -60,7 +64,7 @@ name = "https"
 match = ["tls"]
 tls.certificate = "server.pem"
 tls.key = "server.key"
-tls.routes = ["echo", "web"]
+tls.routes = ["echo", "late", "web"]
 tls.handshake_timeout = 1.0
 
 [[route]]
@@ -84,6 +88,11 @@ match = [{{ type = "prefix", value = "SLOW" }}]
 proxy = "tcp:host=127.0.0.1:port={slow}"
 
 [[route]]
+name = "late"
+match = [{{ type = "prefix", value = "LATE" }}]
+proxy = "tcp:host=127.0.0.1:port={late}"
+
+[[route]]
 name = "dead"
 match = [{{ type = "prefix", value = "DEAD" }}]
 proxy = "tcp:host=127.0.0.1:port={dead}"
@@ -92,6 +101,18 @@ proxy = "tcp:host=127.0.0.1:port={dead}"
 name = "kill"
 match = [{{ type = "prefix", value = "KILL" }}]
 proxy = "tcp:host=127.0.0.1:port={kill}"
+
+[[route]]
+name = "idle"
+match = [{{ type = "prefix", value = "IDLE" }}]
+proxy = "tcp:host=127.0.0.1:port={echo}"
+idle_timeout = 1.0
+
+[[route]]
+name = "stuck"
+match = [{{ type = "prefix", value = "STUK" }}]
+proxy = "tcp:host=127.0.0.1:port={stall}"
+idle_timeout = 1.0
 
 [[route]]
 name = "web"
@@ -108,6 +129,7 @@ class Backends:
         self.reset = Backend("reset")
         self.stall = Backend("stall")
         self.slow = Backend("slow", delay=1.0)
+        self.late = Backend("late", delay=1.0)
         self.dead = refused_port()
         self._kill = DyingBackend() if dying else None
 
@@ -122,12 +144,13 @@ class Backends:
             reset=self.reset.port,
             stall=self.stall.port,
             slow=self.slow.port,
+            late=self.late.port,
             dead=self.dead,
             kill=self.dead if self._kill is None else self._kill.port,
         )
 
     def close(self) -> None:
-        for backend in (self.echo, self.reset, self.stall, self.slow):
+        for backend in (self.echo, self.reset, self.stall, self.slow, self.late):
             backend.close()
         if self._kill is not None and self._kill.process.poll() is None:
             self._kill.kill()
@@ -151,6 +174,26 @@ def mux(tmp_path_factory: pytest.TempPathFactory, backends: Backends) -> Iterato
 
 def relay(mux: Mux, route: str, outcome: str) -> float:
     return mux.counter("txcmux_relay_connections_total", route=route, outcome=outcome)
+
+
+def send_until_blocked(sock: socket.socket, blocked_for: float) -> int:
+    """Send from non-blocking ``sock`` until its sends have been blocked
+    for ``blocked_for`` seconds (at most 20 s, 256 MiB); how much went."""
+    sock.setblocking(False)
+    sent, chunk = 0, b"x" * 65536
+    deadline = time.monotonic() + 20
+    blocked_since = None
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(chunk)
+            blocked_since = None
+        except BlockingIOError:
+            blocked_since = blocked_since or time.monotonic()
+            if time.monotonic() - blocked_since > blocked_for:
+                break
+            time.sleep(0.01)
+        assert sent < 256 << 20, "no back-pressure from a stalled backend"
+    return sent
 
 
 def served(mux: Mux) -> None:
@@ -230,22 +273,7 @@ def test_a_stalled_backend_pauses_the_client_and_a_reset_frees_both(
     held = len(backends.stall.held)
     rss_before = mux.probe()["rss_kib"]
     sock = connect(mux.port, b"STAL")
-    sock.setblocking(False)
-    sent = 0
-    chunk = b"x" * 65536
-    deadline = time.monotonic() + 20
-    blocked_since = None
-    # Send until the sends have been blocked for half a second.
-    while time.monotonic() < deadline:
-        try:
-            sent += sock.send(chunk)
-            blocked_since = None
-        except BlockingIOError:
-            blocked_since = blocked_since or time.monotonic()
-            if time.monotonic() - blocked_since > 0.5:
-                break
-            time.sleep(0.01)
-        assert sent < 256 << 20, "no back-pressure from a stalled backend"
+    send_until_blocked(sock, 0.5)
     # The kernel buffers on both sides hold most of it; the mux holds little.
     assert mux.probe()["rss_kib"] - rss_before < 32 << 10
     wait_for(lambda: len(backends.stall.held) > held, "the stalled accept")
@@ -257,6 +285,63 @@ def test_a_stalled_backend_pauses_the_client_and_a_reset_frees_both(
         while backend_side.recv(1 << 20):
             pass
     assert time.monotonic() - started < PROMPTLY
+    served(mux)
+
+
+def test_an_idle_relay_is_closed_cleanly_at_its_idle_timeout(
+    mux: Mux, backends: Backends
+) -> None:
+    """No byte either way for idle_timeout (1 s here): both sides get a FIN
+    within a quarter more, counted as idle_timeout; bytes before that keep
+    the connection open."""
+    before = relay(mux, "idle", "idle_timeout")
+    ended = len(backends.echo.ends)
+    with connect(mux.port, b"IDLE one") as sock:
+        sock.settimeout(5)
+        assert sock.recv(100) == b"IDLE one"
+        for word in (b"two", b"three"):  # 0.6 s apart: not idle yet
+            time.sleep(0.6)
+            sock.sendall(word)
+            assert sock.recv(100) == word
+        started = time.monotonic()
+        how, data, seconds = how_it_ends(sock)
+    assert (how, data) == ("fin", b"")
+    assert 1.0 - 0.1 < seconds < 1.25 + PROMPTLY
+    assert backends.echo.wait_ends(ended + 1)[ended] == "fin"
+    assert time.monotonic() - started < 1.25 + PROMPTLY
+    wait_for(lambda: relay(mux, "idle", "idle_timeout") == before + 1, "the count")
+    assert "idle for 1 s; closing both sides" in mux.output()
+    served(mux)
+
+
+def test_a_relay_stuck_on_a_stalled_backend_is_reset_at_its_idle_timeout(
+    mux: Mux, backends: Backends
+) -> None:
+    """The backend stops reading and the client's sends block: nothing moves,
+    so at the idle timeout both sides are reset (a clean close would wait
+    for ever to flush), and the mux lets go of both."""
+    before = relay(mux, "stuck", "idle_timeout")
+    held = len(backends.stall.held)
+    sock = connect(mux.port, b"STUK")
+    # The buffers are full: the relay holds bytes it cannot write.
+    send_until_blocked(sock, 0.25)
+    started = time.monotonic()
+    wait_for(lambda: len(backends.stall.held) > held, "the stalled accept")
+    backend_side = backends.stall.held[-1]
+    # Reading the backend's side would end the stall: wait for the count.
+    wait_for(
+        lambda: relay(mux, "stuck", "idle_timeout") == before + 1,
+        "the idle timeout",
+        timeout=1.25 + PROMPTLY,
+    )
+    assert time.monotonic() - started < 1.25 + PROMPTLY
+    backend_side.settimeout(PROMPTLY)
+    with pytest.raises(ConnectionResetError):
+        while backend_side.recv(1 << 20):
+            pass
+    sock.setblocking(True)
+    how, _, _ = how_it_ends(sock, timeout=PROMPTLY)
+    assert how == "rst"
     served(mux)
 
 
@@ -335,6 +420,38 @@ def test_tls_close_notify_is_passed_on_as_a_clean_close(
     plain = sock.unwrap()  # sends close_notify, waits for the peer's
     assert backends.echo.wait_ends(ended + 1, PROMPTLY)[ended] == "fin"
     assert how_it_ends(plain)[0] == "fin"
+
+
+def test_bytes_then_close_notify_before_the_backend_accepts_all_arrive(
+    mux: Mux, backends: Backends
+) -> None:
+    """A TLS client sends its bytes and close_notify in one segment, and
+    leaves while the backend takes a second to accept: the bytes still
+    reach the backend, then a FIN, as they would over plain TCP (Twisted's
+    TLS reads both at once and reports a full close)."""
+    ended = len(backends.late.ends)
+    before = relay(mux, "late", "closed_clean")
+    message = b"LATE last words"
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    context = ssl.create_default_context(cafile=str(pki().ca))
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with connect(mux.port) as sock:
+        sock.settimeout(PROMPTLY)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        tls.write(message)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.unwrap()  # close_notify, behind the data record
+        sock.sendall(outgoing.read())  # both in one send
+        assert backends.late.wait_ends(ended + 1, 1.0 + PROMPTLY)[ended] == "fin"
+    assert backends.late.received[-1] == message
+    wait_for(lambda: relay(mux, "late", "closed_clean") == before + 1, "the count")
+    served(mux)
 
 
 def test_a_truncated_tls_stream_aborts_the_backend(

@@ -199,6 +199,8 @@ _ROUTE_VALUES: dict[str, st.SearchStrategy[object]] = {
     "proxy": st.one_of(st.just("tcp:host=127.0.0.1:port=22"), endpoints),
     "send_proxy": st.sampled_from(["v1", "v2", "v3", ""]),
     "send_proxy_checksum": st.booleans(),
+    "idle_timeout": st.one_of(floats, ints, st.text(max_size=4)),
+    "header_timeout": st.one_of(floats, ints),
     "max_connections": ints,
     "grpc": st.one_of(
         import_paths,

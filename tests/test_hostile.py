@@ -3,16 +3,18 @@ logged and counted, while a normal client goes on being served.
 
 One server for the module (routes ``grpc``, ``https`` (TLS, then ``grpc`` and
 ``web``), ``web``; ``sniff_timeout = 1``, ``max_sniff_bytes = 4096``, a TLS
-``handshake_timeout`` of 1 s, the admin site on a unix socket).  Each test
-sends one kind of bad input from a raw socket, checks how and how fast the
-connection ended, and that ``curl`` still gets the demo page; the last one
-reads the counters from ``/metrics``.  The sizes are cut to fit CI: each
-attack is bounded in bytes and time and stops by itself.
+``handshake_timeout`` of 1 s, a web ``header_timeout`` of 1 s, the admin site
+on a unix socket).  Each test sends one kind of bad input from a raw socket,
+checks how and how fast the connection ended, and that ``curl`` still gets
+the demo page; the last one reads the counters from ``/metrics``.  The
+sizes are cut to fit CI: each attack is bounded in bytes and time and stops
+by itself.
 """
 
 from __future__ import annotations
 
 import re
+import select
 import shutil
 import socket
 import struct
@@ -56,6 +58,7 @@ tls.handshake_timeout = 1.0
 name = "web"
 match = ["http1", "http2"]
 web = "txcmux.demo:resource"
+header_timeout = 1.0
 """
 
 PROMPTLY = 3.0  # seconds within which a bad connection must be gone
@@ -221,6 +224,28 @@ def test_too_many_headers(server: Server) -> None:
     server.served()
 
 
+def test_headers_trickled_a_byte_at_a_time_get_408(server: Server) -> None:
+    """A "slowloris": each byte comes well within Twisted's idle timeout,
+    but the header block as a whole has header_timeout (1 s here)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        started = time.monotonic()
+        client.sendall(b"GET /hello HTTP/1.1\r\n")
+        received = b""
+        for byte in b"X-Slow: " + b"y" * 40:  # at most 8 s: stops by itself
+            # Read before each send: a byte sent after the server closed
+            # would draw a reset, which discards the answer unread.
+            readable, _, _ = select.select([client], [], [], 0.2)
+            if readable:
+                while chunk := client.recv(65536):
+                    received += chunk
+                break
+            client.sendall(bytes([byte]))
+        took = time.monotonic() - started
+    assert received.startswith(b"HTTP/1.1 408 Request Timeout"), received[:100]
+    assert 0.9 < took < 1.0 + PROMPTLY
+    server.served()
+
+
 # -- HTTP/2, after the decision ------------------------------------------------
 
 
@@ -338,5 +363,7 @@ def test_each_kind_was_counted(server: Server) -> None:
     assert counter(metrics, "rejections_total", reason="timeout") >= 1
     assert counter(metrics, "tls_failures_total", reason="handshake_timeout") >= 1
     assert counter(metrics, "tls_failures_total", reason="handshake_failed") >= 1
+    assert counter(metrics, "web_closed_total", reason="header_timeout") >= 1
+    assert counter(metrics, "web_closed_total", reason="frame_too_large") >= 1
     log = server.log.read_text(encoding="utf-8")
     assert re.search(r"a frame header announces 16777215 bytes", log)

@@ -258,6 +258,68 @@ def test_connect_timeout_closes_the_client_and_logs_one_line() -> None:
     assert factory.stats["client_left"] == 0
 
 
+def test_idle_timeout_closes_both_sides_after_no_byte_moved() -> None:
+    factory, endpoint, clock = relay_over_strings(idle_timeout=40)
+    client, client_transport = connect_client(factory, b"hello")
+    backend, backend_transport = endpoint.succeed()
+    # Bytes either way keep the connection: each restarts the count.
+    for _ in range(5):
+        clock.advance(30)
+        client.dataReceived(b"ping")
+        clock.advance(30)
+        backend.dataReceived(b"pong")
+    assert not client_transport.disconnecting
+    assert not backend_transport.disconnecting
+    with captured_logs() as lines:
+        clock.pump([1] * 39)
+        assert not client_transport.disconnecting
+        clock.pump([1] * 11)  # 50 s after the last byte: 40 s and a quarter more
+        assert client_transport.disconnecting and backend_transport.disconnecting
+        # Nothing was waiting to be written: a clean close, not a reset.
+        assert not client_transport.disconnected
+        client.connectionLost(Failure(error.ConnectionDone()))
+        backend.connectionLost(Failure(error.ConnectionDone()))
+    assert factory.stats["idle_timeout"] == 1
+    assert factory.stats["closed_clean"] == factory.stats["closed_error"] == 0
+    assert factory.active == 0
+    idle = [line for line in lines if "idle for 40 s" in line]
+    assert len(idle) == 1 and "svc" in idle[0] and "192.0.2.7:40000" in idle[0]
+    assert any("after the idle timeout" in line for line in lines), lines
+    assert not clock.getDelayedCalls()
+
+
+def test_idle_timeout_aborts_a_connection_stuck_on_a_side_that_stopped_reading() -> (
+    None
+):
+    factory, endpoint, clock = relay_over_strings(idle_timeout=8)
+    client, client_transport = connect_client(factory)
+    _, backend_transport = endpoint.succeed()
+    # The backend stopped reading: its transport, full, pauses the client.
+    client.dataReceived(b"x" * 1000)
+    backend_transport.producer.pauseProducing()
+    clock.pump([1] * 10)
+    assert client_transport.disconnected and backend_transport.disconnected
+
+
+def test_a_closed_relay_leaves_no_idle_timer() -> None:
+    factory, endpoint, clock = relay_over_strings()
+    client, _ = connect_client(factory, b"x")
+    backend, _ = endpoint.succeed()
+    assert len(clock.getDelayedCalls()) == 1
+    backend.connectionLost(Failure(error.ConnectionDone()))
+    client.connectionLost(Failure(error.ConnectionDone()))
+    assert not clock.getDelayedCalls()
+
+
+def test_idle_timeout_zero_or_none_is_off() -> None:
+    for off in (0, None):
+        factory, endpoint, clock = relay_over_strings(idle_timeout=off)
+        connect_client(factory, b"x")
+        endpoint.succeed()
+        assert not clock.getDelayedCalls()
+    assert RelayFactory("tcp:host=a:port=1", reactor=clock).idle_timeout == 3600
+
+
 def test_refusing_backend_closes_the_client() -> None:
     factory, endpoint, _ = relay_over_strings()
     _, client_transport = connect_client(factory, b"hello")
@@ -286,7 +348,7 @@ def test_client_leaving_first_cancels_the_connect() -> None:
     factory, endpoint, _ = relay_over_strings()
     client, _ = connect_client(factory, b"hello")
     with captured_logs() as lines:
-        client.connectionLost(Failure(error.ConnectionDone()))
+        client.connectionLost(Failure(error.ConnectionLost("reset")))
     assert endpoint.cancelled == 1
     assert factory.stats["client_left"] == 1
     assert factory.stats["backend_failed"] == 0  # a cancel is not a backend failure
@@ -297,11 +359,70 @@ def test_client_leaving_first_cancels_the_connect() -> None:
 def test_backend_answering_after_the_client_left_is_closed() -> None:
     factory, endpoint, _ = relay_over_strings()
     client, _ = connect_client(factory, b"hello")
-    client.connectionLost(Failure(error.ConnectionDone()))
+    client.connectionLost(Failure(error.ConnectionLost("reset")))
     _, backend_transport = endpoint.succeed()  # the connect raced the cancel
     assert backend_transport.disconnecting
     assert backend_transport.value() == b""
     assert factory.stats["connected"] == 0
+
+
+def test_a_client_gone_cleanly_still_has_its_bytes_delivered() -> None:
+    """A clean end with bytes not yet sent (a TLS client's close_notify,
+    which Twisted reports as a full close) is the client's last word, as a
+    FIN is: the connect goes on, the bytes reach the backend, then a close."""
+    factory, endpoint, _ = relay_over_strings(send_proxy="v1")
+    client, _ = connect_client(factory, b"last ")
+    client.dataReceived(b"words")
+    client.connectionLost(Failure(error.ConnectionDone()))
+    assert endpoint.cancelled == 0
+    assert factory.active == 1
+    _, backend_transport = endpoint.succeed()
+    assert backend_transport.value().startswith(b"PROXY TCP4 192.0.2.7 ")
+    assert backend_transport.value().endswith(b"\r\nlast words")
+    assert backend_transport.disconnecting
+    assert factory.stats["connected"] == factory.stats["closed_clean"] == 1
+    assert factory.stats["bytes_up"] == len(b"last words")
+    assert factory.stats["client_left"] == 0
+    assert factory.active == 0
+
+
+def test_a_client_gone_cleanly_with_nothing_to_say_cancels_the_connect() -> None:
+    factory, endpoint, _ = relay_over_strings()
+    client, _ = connect_client(factory)
+    client.connectionLost(Failure(error.ConnectionDone()))
+    assert endpoint.cancelled == 1
+    assert factory.stats["client_left"] == 1
+
+
+def test_a_connect_failing_at_once_then_a_clean_client_end_finishes() -> None:
+    """A backend that fails inside connect (the in-process gRPC server not
+    running): the client's clean end afterwards, bytes pending, must not
+    wait for an attempt that is over."""
+
+    @implementer(IStreamClientEndpoint)
+    class Failing:
+        def connect(self, factory: Any) -> defer.Deferred[IProtocol]:
+            return defer.fail(error.ConnectionRefusedError())
+
+    factory = RelayFactory(Failing(), reactor=task.Clock(), name="svc")
+    client, transport = connect_client(factory, b"bytes")
+    assert transport.disconnecting
+    client.dataReceived(b"more")
+    client.connectionLost(Failure(error.ConnectionDone()))
+    assert factory.stats["backend_failed"] == 1
+    assert factory.active == 0
+
+
+def test_a_backend_failing_after_a_clean_client_end_is_counted_once() -> None:
+    factory, endpoint, _ = relay_over_strings()
+    client, _ = connect_client(factory, b"bytes")
+    client.connectionLost(Failure(error.ConnectionDone()))
+    with captured_logs() as lines:
+        endpoint.fail(error.ConnectionRefusedError())
+    assert factory.stats["backend_failed"] == 1
+    assert factory.stats["client_left"] == 0
+    assert factory.active == 0
+    assert any("failed for 192.0.2.7:40000" in line for line in lines), lines
 
 
 def test_route_name_comes_from_the_handoff_when_unnamed() -> None:
@@ -419,6 +540,9 @@ def test_relay_arguments_are_checked() -> None:
         ({"clients": object()}, "clients is <object"),
         ({"connect_timeout": "10"}, "connect_timeout is '10'"),
         ({"connect_timeout": True}, "connect_timeout is True"),
+        ({"idle_timeout": -1}, "idle_timeout is -1"),
+        ({"idle_timeout": "1h"}, "idle_timeout is '1h'"),
+        ({"idle_timeout": float("inf")}, "idle_timeout is inf"),
     ]:
         try:
             RelayFactory("tcp:host=a:port=1", reactor=clock, name="x", **kwargs)

@@ -136,9 +136,8 @@ def test_every_byte_arrives_once_and_in_order(
     counters add up to what was sent.
 
     A TLS client here always waits for at least one byte back: Twisted's
-    TLS ends the whole connection on the client's close_notify, so bytes a
-    TLS client sends before the backend has even accepted, followed at once
-    by close_notify, are dropped with the connection (docs/security.md).
+    TLS ends the whole connection on the client's close_notify, so a TLS
+    client that sends it gets no more of the answer (docs/security.md).
     """
     backend = sinks.tls if path == "passthrough" else sinks.plain
     route = {"plain": "sink", "terminated": "sink", "passthrough": "passthrough"}

@@ -405,6 +405,79 @@ class WebFactoryTests(unittest.TestCase):
         transport.receive(b"/2.0\r\n")  # late bytes are dropped, not parsed
         self.assertEqual(transport.value(), b"")
 
+    def test_header_timeout_answers_408_to_a_trickled_header_block(self) -> None:
+        """A header block trickled a byte at a time, each byte well inside
+        the Site's timeOut, still has header_timeout from its first byte:
+        then 408, a close, a count and one log line."""
+        self.web = WebFactory(make_site(self.clock, timeout=60), header_timeout=10)
+        transport = self.connect()
+        request = http1_request()
+        with captured_logs() as lines:
+            trickled = request[:-3]  # all but the blank line's end
+            for byte in trickled:
+                transport.receive(bytes([byte]))
+                self.clock.advance(9.9 / len(trickled))
+            self.assertFalse(transport.disconnecting)
+            self.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 Request Timeout"))
+        self.assertIn(b"Connection: close", transport.value())
+        self.assertEqual(self.web.stats["closed.header_timeout"], 1)
+        [line] = [line for line in lines if "408" in line]
+        self.assertIn("10.0.0.7", line)
+        self.assertIn("within 10 s", line)
+
+    def test_header_timeout_runs_per_request_not_per_connection(self) -> None:
+        """Keep-alive requests, each sent quickly, are served however long
+        the connection lives; the time between requests is the Site's."""
+        self.web = WebFactory(make_site(self.clock, timeout=60), header_timeout=5)
+        transport = self.connect()
+        for _ in range(4):
+            transport.receive(http1_request()[:10])
+            self.clock.advance(4)
+            transport.receive(http1_request()[10:])
+            self.assertEqual(http1_json(transport.take())["protocol"], "HTTP/1.1")
+            self.clock.advance(30)  # idle between requests: not this timer
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.web.stats["closed.header_timeout"], 0)
+        # Pipelined: the second request waits in the buffer, then is served.
+        transport.receive(http1_request() + http1_request())
+        self.clock.advance(0)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 2)
+        self.clock.advance(50)
+        self.assertFalse(transport.disconnecting)
+
+    def test_header_timeout_off_leaves_twisted_alone(self) -> None:
+        for off in (0, None):
+            self.web = WebFactory(make_site(self.clock, timeout=60), header_timeout=off)
+            transport = self.connect()
+            transport.receive(b"GET /info HT")
+            self.clock.advance(59)
+            self.assertFalse(transport.disconnecting)
+            transport.protocol.connectionLost(Failure(ConnectionError()))
+        self.assertEqual(WebFactory(self.site).header_timeout, 60)
+        for wrong in (-1, "60", True, float("inf")):
+            with self.assertRaises(ConfigurationError) as raised:
+                WebFactory(self.site, header_timeout=wrong)  # type: ignore[arg-type]
+            self.assertIn("header_timeout", str(raised.exception))
+
+    def test_header_timeout_holds_for_a_sites_own_channel(self) -> None:
+        """A Site with a protocol of its own (Twisted's ALPN-choosing proxy
+        as built by a subclass) gets the same deadline."""
+
+        class OwnSite(Site):
+            def buildProtocol(self, addr: Any) -> Any:
+                return super().buildProtocol(addr)
+
+        self.web = WebFactory(
+            OwnSite(Info("own"), reactor=self.clock), header_timeout=3
+        )
+        transport = self.connect()
+        transport.receive(b"GET /info HTTP/1.1\r\n")
+        self.clock.advance(3.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.web.stats["closed.header_timeout"], 1)
+
     def test_http2_false_serves_http11_and_closes_h2c(self) -> None:
         """http2=False: HTTP/1.1 works; the preface is logged and closed."""
         self.web = WebFactory(self.site, http2=False)
@@ -617,9 +690,16 @@ class DetectorTests(unittest.TestCase):
         self.assertEqual(http1_json(transport.take())["protocol"], "HTTP/1.1")
         self.assertEqual(choosers, [])
         self.assertEqual(self.web.stats["http/1.1"], 1)
-        # Left on the clock: the channel's own idle timeout, nothing of ours.
-        [timeout] = self.clock.getDelayedCalls()
-        self.assertEqual(timeout.getTime(), self.site.timeOut)
+        # Left on the clock: the channel's own idle timeout, and the header
+        # deadline's look (which will find no request being read, and stop).
+        calls = {c.func.__name__: c.getTime() for c in self.clock.getDelayedCalls()}
+        self.assertEqual(
+            calls,
+            {
+                "__timedOut": self.site.timeOut,
+                "_look": self.web.header_timeout,
+            },
+        )
 
     def count_timers(self) -> list[_ChannelChooser]:
         """Every _ChannelChooser that starts its timer from now on."""
@@ -632,6 +712,31 @@ class DetectorTests(unittest.TestCase):
 
         self.patch(_ChannelChooser, "_start_timer", counting)
         return started
+
+    def test_header_timeout_holds_behind_the_detector(self) -> None:
+        """The channel the detector hands the connection to directly gets the
+        deadline too: the request line decides, the headers never end."""
+        self.web = WebFactory(self.site, header_timeout=4)
+        transport = self.connect(self.mux())
+        transport.receive(b"GET /info HTTP/1.1\r\n")
+        self.assertIsInstance(transport.protocol, http.HTTPChannel)
+        for _ in range(3):
+            self.clock.advance(1)
+            transport.receive(b"X")
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
+        self.assertEqual(self.web.stats["closed.header_timeout"], 1)
+        # A whole request in time is served, and leaves no timer behind.
+        transport = self.connect(self.mux())
+        transport.receive(http1_request())
+        self.assertEqual(http1_json(transport.take())["protocol"], "HTTP/1.1")
+        transport.protocol.connectionLost(Failure(ConnectionError()))
+        self.clock.advance(0)
+        self.assertEqual(
+            [c for c in self.clock.getDelayedCalls() if c.getTime() < 60], []
+        )
 
     def test_h2c_behind_the_detector_is_chosen_as_on_its_own_port(self) -> None:
         """The preface goes through the chooser, which needs no timer."""

@@ -165,18 +165,22 @@ class _Builder:
         return WebFactory(site_or_resource, reactor=self.reactor, **options)  # type: ignore[arg-type]
 
     def _web_options(self, route: RouteConfig) -> dict[str, Any]:
-        """WebFactory's keywords for ``route``'s grpc_backend, if it has one."""
+        """WebFactory's keywords for ``route``: its name, header_timeout and
+        grpc_backend (where given)."""
+        options: dict[str, Any] = {"name": route.name}
+        if route.header_timeout is not None:
+            options["header_timeout"] = route.header_timeout
         if route.grpc_backend is None:
-            return {}
+            return options
         backend: object = route.grpc_backend
         if backend == "in-process":
             backend = self._in_process(route, "grpc_backend")
-        return {
-            "grpc_backend": backend,
-            "grpc_web": route.grpc_web,
-            "grpc_web_origins": route.grpc_web_origins,
-            "name": route.name,
-        }
+        options.update(
+            grpc_backend=backend,
+            grpc_web=route.grpc_web,
+            grpc_web_origins=route.grpc_web_origins,
+        )
+        return options
 
     def _build(self, route: RouteConfig) -> IProtocolFactory:
         target = route.target
@@ -193,6 +197,7 @@ class _Builder:
             return self._called(route, target.path, target.obj)  # type: ignore[no-any-return]
         if isinstance(target, ProxyTarget):
             try:
+                from .._relay._relay import DEFAULT_IDLE_TIMEOUT
                 from ..relay import RelayFactory
             except ImportError as error:
                 self._unavailable(route, "relay", error)
@@ -200,6 +205,11 @@ class _Builder:
                 target.endpoint,
                 reactor=self.reactor,
                 name=route.name,
+                idle_timeout=(
+                    DEFAULT_IDLE_TIMEOUT
+                    if target.idle_timeout is None
+                    else target.idle_timeout
+                ),
                 send_proxy=target.send_proxy,
                 proxy_checksum=target.send_proxy_checksum,
             )

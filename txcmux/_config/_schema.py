@@ -144,6 +144,7 @@ class ProxyTarget(_Target):
     endpoint: str
     send_proxy: str | None = None
     send_proxy_checksum: bool = False
+    idle_timeout: float | None = None  # None: the relay's default
     kind, shown = "proxy", "proxy to {self.endpoint}{self.sending}"
 
     @property
@@ -220,6 +221,9 @@ class RouteConfig:
     grpc_web: bool = False
     #: The page origins a gRPC-Web call may come from ("*": any).
     grpc_web_origins: tuple[str, ...] = ()
+    #: A web route's deadline for each HTTP/1.1 header block (None: the
+    #: WebFactory's default; 0: none).
+    header_timeout: float | None = None
 
     def describe(self) -> str:
         """``name [matchers] -> target``, for the start-up log."""
@@ -569,11 +573,17 @@ def _route(anonymous: Where, table: object) -> RouteConfig:
         where.at("send_proxy_checksum").fail(
             'a checksum is part of PROXY v2 only; expected send_proxy = "v2"'
         )
+    if "idle_timeout" in table and not isinstance(target, ProxyTarget):
+        where.at("idle_timeout").fail(
+            f"idle_timeout is a key of proxy routes; this route's target is"
+            f" {target.kind}"
+        )
     if isinstance(target, ProxyTarget):
         target = replace(
             target,
             send_proxy=values["send_proxy"],
             send_proxy_checksum=values["send_proxy_checksum"],
+            idle_timeout=values["idle_timeout"],
         )
     for key in _WEB_OPTIONS:
         if key in table and target.kind not in _WEB_KINDS:
@@ -599,6 +609,7 @@ def _route(anonymous: Where, table: object) -> RouteConfig:
         grpc_backend=values["grpc_backend"],
         grpc_web=grpc_web,
         grpc_web_origins=origins,
+        header_timeout=values["header_timeout"],
     )
 
 
@@ -641,11 +652,19 @@ TLS_KEYS = {
     "handshake_timeout": Key(seconds, None),
 }
 
+
+def _or_none_seconds(where: Where, value: object) -> float:
+    """A timeout in seconds, or 0 for none."""
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return seconds(where, value)
+
+
 TARGET_KEYS = ("web", "static", "wsgi", "asgi", "proxy", "grpc", "factory", "tls")
 #: Keys that belong to one kind of target (the PROXY ones say so themselves).
 _TARGET_OPTIONS = {"wsgi_threads": "wsgi", "asgi_lifespan": "asgi"}
 #: Keys of the routes whose target serves HTTP (a WebFactory).
-_WEB_OPTIONS = ("grpc_backend", "grpc_web", "grpc_web_origins")
+_WEB_OPTIONS = ("grpc_backend", "grpc_web", "grpc_web_origins", "header_timeout")
 _WEB_KINDS = ("web", "static", "wsgi", "asgi")
 
 ROUTE_KEYS = {
@@ -664,10 +683,12 @@ ROUTE_KEYS = {
     "proxy": Key(lambda where, value: ProxyTarget(client_endpoint(where, value)), None),
     "send_proxy": Key(one_of("v1", "v2"), None),
     "send_proxy_checksum": Key(boolean, False),
+    "idle_timeout": Key(_or_none_seconds, None),
     "max_connections": Key(_limit, None),
     "grpc_backend": Key(_grpc_backend, None),
     "grpc_web": Key(boolean, False),
     "grpc_web_origins": Key(_origins, ()),
+    "header_timeout": Key(_or_none_seconds, None),
     "grpc": Key(_grpc, None),
     "factory": Key(
         lambda where, value: FactoryTarget(*import_path(where, value)), None

@@ -21,10 +21,14 @@ file writes it, ``route`` the route's name):
 - ``decision_seconds{listener}`` and ``decision_bytes{listener}``
   histograms: time to decide, bytes it needed;
 - ``relay_connections_total{route,outcome}`` (``connected``,
-  ``backend_failed``, ``client_left``, ``closed_clean``, ``closed_error``),
+  ``backend_failed``, ``client_left``, ``closed_clean``, ``closed_error``,
+  ``idle_timeout``),
   ``relay_bytes_total{route,direction}`` (``up``: client to backend, added
   when a connection ends), ``relay_connections_open{route}``,
   ``backend_connect_seconds{route}`` histogram;
+- ``web_closed_total{route,reason}``: connections a web route closed
+  (``header_timeout``, ``frame_too_large``, ``timeout``,
+  ``http2_disabled``);
 - ``tls_handshakes_total{route}``, ``tls_failures_total{route,reason}``,
   ``tls_bytes_total{route,direction}`` (``in``: from the clients, encrypted;
   ``out``: from the targets, before encryption);
@@ -375,8 +379,15 @@ class _Collector:
             " out, as the targets behind sent them (before encryption).",
             labels=["route", "direction"],
         )
+        web_closed = CounterMetricFamily(
+            p + "web_closed",
+            "Connections a web route closed on bad or slow input, by reason"
+            " (header_timeout, frame_too_large, timeout, http2_disabled).",
+            labels=["route", "reason"],
+        )
         from ..relay import RelayFactory
         from ..tls import TLSTerminationFactory
+        from ..web import WebFactory
 
         connect: list[tuple[list[str], Histogram]] = []
         for name, factory in self._status.factories():
@@ -389,11 +400,18 @@ class _Collector:
                     "client_left",
                     "closed_clean",
                     "closed_error",
+                    "idle_timeout",
                 ):
                     relay.add_metric([name, outcome], stats[outcome])
                 relay_bytes.add_metric([name, "up"], stats["bytes_up"])
                 relay_bytes.add_metric([name, "down"], stats["bytes_down"])
                 relay_open.add_metric([name], factory.active)
+            elif isinstance(factory, WebFactory):
+                for key, value in stats.items():
+                    if key.startswith("closed."):
+                        web_closed.add_metric(
+                            [name, key.removeprefix("closed.")], value
+                        )
             elif isinstance(factory, TLSTerminationFactory):
                 handshakes.add_metric([name], stats["handshakes"])
                 tls_bytes.add_metric([name, "in"], stats["bytes_in"])
@@ -405,6 +423,7 @@ class _Collector:
                         )
         yield from (relay, relay_bytes, relay_open, handshakes, tls_failures)
         yield tls_bytes
+        yield web_closed
         yield _histogram(
             p + "backend_connect_seconds",
             "Time a relay's backend took to accept.",

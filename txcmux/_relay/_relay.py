@@ -81,6 +81,16 @@ def _close_write(transport: Any) -> None:
 #: empty at once, to splice after the reply filter is done.
 _SPLICE_TRIES = 1000
 
+#: A relayed connection's idle timeout unless told otherwise, in seconds:
+#: an hour, as Envoy's TCP proxy has.
+DEFAULT_IDLE_TIMEOUT = 3600.0
+
+#: The idle timer looks at a relayed connection this many times per
+#: ``idle_timeout``; a connection is closed once that many looks in a row
+#: saw no byte move either way, so between ``idle_timeout`` and a quarter
+#: more after its last byte.
+_IDLE_LOOKS = 4
+
 
 @implementer(IPushProducer)
 class _Reading:
@@ -93,15 +103,20 @@ class _Reading:
     close_notify); the relay decides how the other side ends.
     """
 
-    __slots__ = ("_transport",)
+    __slots__ = ("_transport", "paused")
 
     def __init__(self, transport: Any) -> None:
         self._transport = transport
+        #: Whether the other side's transport has this side paused: its
+        #: buffer is full, its reader is not keeping up.
+        self.paused = False
 
     def pauseProducing(self) -> None:
+        self.paused = True
         self._transport.pauseProducing()
 
     def resumeProducing(self) -> None:
+        self.paused = False
         self._transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -120,6 +135,10 @@ def _abort(transport: Any) -> None:
         abort()
     else:
         transport.loseConnection()
+
+
+def _lose(transport: Any) -> None:
+    transport.loseConnection()
 
 
 def _no_delay(transport: Any) -> None:
@@ -204,6 +223,9 @@ class RelayProtocol(_End):
         self._done = False
         self._making = False
         self._connect_started = 0.0
+        self._idle: Any = None  # the idle timer's DelayedCall, while relaying
+        self._idled = False
+        self._readings: tuple[_Reading, _Reading] | None = None
 
     # -- identity, for logs ----------------------------------------------------
 
@@ -238,9 +260,11 @@ class RelayProtocol(_End):
             )
         finally:
             self._making = False
+        # Kept before the errback is added: a connect that failed at once
+        # has it called here, and it forgets the attempt.
+        self._connecting = connecting
         connecting.addTimeout(self.relay.connect_timeout, self.relay.clock)
         connecting.addErrback(self._backend_failed)
-        self._connecting = connecting
 
     def dataReceived(self, data: bytes) -> None:
         pending = self._pending
@@ -253,6 +277,17 @@ class RelayProtocol(_End):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.other is None:
             self.lost = reason
+            if (
+                self._pending
+                and self._connecting is not None
+                and not self._counted
+                and isinstance(reason.value, error.ConnectionDone)
+            ):
+                # A clean end with bytes still for the backend (a TLS
+                # client's close_notify, which Twisted's TLS reports as a
+                # full close): as a FIN is over TCP, it is the client's last
+                # word, not a change of mind.  Deliver them, then close.
+                return
             self._pending = None
             connecting, self._connecting = self._connecting, None
             if connecting is not None:
@@ -290,18 +325,25 @@ class RelayProtocol(_End):
         assert self.transport is not None and backend.transport is not None
         client, server = self.transport, backend.transport
         if self.lost is not None:  # the client left as the backend answered
+            if self._pending:
+                self._deliver_last(server)
             server.loseConnection()
             return
         self.other, backend.other = backend, self
         self.relay.stats["connected"] += 1
+        if relay.idle_timeout:
+            self._idle = relay.clock.callLater(
+                relay.idle_timeout / _IDLE_LOOKS, self._look_idle, -1, 0
+            )
         peer = self.peer
         if peer is not None:
             self._forget = self.relay.clients.relayed(server.getHost(), peer)
         if self.relay.no_delay:
             _no_delay(client)
             _no_delay(server)
-        client.registerProducer(_Reading(server), True)  # type: ignore[attr-defined]
-        server.registerProducer(_Reading(client), True)  # type: ignore[attr-defined]
+        self._readings = (_Reading(server), _Reading(client))
+        client.registerProducer(self._readings[0], True)  # type: ignore[attr-defined]
+        server.registerProducer(self._readings[1], True)  # type: ignore[attr-defined]
         pending, self._pending = self._pending or [], None
         data = b"".join(pending)
         self.received += len(data)
@@ -327,6 +369,35 @@ class RelayProtocol(_End):
         if self.read_closed:
             _unregister(server)
             _close_write(server)
+
+    def _deliver_last(self, server: Any) -> None:
+        """Write what a client that has left cleanly sent, to the backend
+        that has just answered (which is then closed after it)."""
+        pending, self._pending = self._pending or [], None
+        data = b"".join(pending)
+        stats = self.relay.stats
+        stats["connected"] += 1
+        stats["closed_clean"] += 1
+        stats["bytes_up"] += len(data)
+        if self.relay.send_proxy is not None:
+            header, self.unique_id = header_for(
+                self.transport,
+                self.handoff,
+                self.relay.send_proxy,
+                self.relay.proxy_checksum,
+            )
+            data = header + data
+        server.write(data)
+        self._counted = True
+        log.debug(
+            "txcmux: route {route}: {peer} left before backend {backend}"
+            " answered; its last {size} bytes delivered",
+            route=self.route,
+            peer=describe_peer(self.peer),
+            backend=self.relay.backend,
+            size=len(data),
+        )
+        self._finish()
 
     def _splice_when_filtered(self) -> None:
         self.relay.clock.callLater(0, self._splice_later, _SPLICE_TRIES)
@@ -355,10 +426,49 @@ class RelayProtocol(_End):
             return
         self._pumps, _ = _start_pumps(self, backend, b"")
 
+    def _look_idle(self, seen: int, quiet: int) -> None:
+        """One look of the idle timer: close the connection after
+        ``_IDLE_LOOKS`` looks in a row with no byte moved either way.
+
+        Bytes are counted as each side reads them, spliced or copied, so
+        the timer costs nothing per chunk; a side that stops reading stops
+        its peer's bytes too, so a stalled connection is idle as well.
+        """
+        self._idle = None
+        backend = self.other
+        if backend is None or (self.lost is not None and backend.lost is not None):
+            return
+        moved = self.received + backend.received
+        quiet = quiet + 1 if moved == seen else 0
+        if quiet < _IDLE_LOOKS:
+            self._idle = self.relay.clock.callLater(
+                self.relay.idle_timeout / _IDLE_LOOKS, self._look_idle, moved, quiet
+            )
+            return
+        self._idled = True
+        log.info(
+            "txcmux: route {route}: relay {peer} <-> {backend} idle for"
+            " {idle:g} s; closing both sides",
+            route=self.route,
+            peer=describe_peer(self.peer),
+            backend=self.relay.backend,
+            idle=self.relay.idle_timeout,
+        )
+        # Bytes wait for a side that stopped reading where a transport has
+        # its producer paused, or a pump holds bytes in its pipe.
+        stuck = any(pump.pending for pump in self._pumps or ()) or any(
+            reading.paused for reading in self._readings or ()
+        )
+        for end in (self, backend):
+            if end.lost is None and end.transport is not None:
+                # Bytes waiting for a reader that stopped would hold a clean
+                # close open for ever: abort instead.
+                (_abort if stuck else _lose)(end.transport)
+
     def _backend_failed(self, reason: Failure) -> None:
         self._connecting = None
-        if self.lost is not None:  # we cancelled it: the client had left
-            return
+        if self.lost is not None and not self._pending:
+            return  # we cancelled it: the client had left
         self.relay.stats["backend_failed"] += 1
         self._counted = True
         self.relay.last_error = (
@@ -378,7 +488,10 @@ class RelayProtocol(_End):
                 else _why(reason)
             ),
         )
-        if self.transport is not None:
+        if self.lost is not None:  # the client had left, its bytes are lost
+            self._pending = None
+            self._finish()
+        elif self.transport is not None:
             self.transport.loseConnection()
 
     def _side_lost(self) -> None:
@@ -391,7 +504,13 @@ class RelayProtocol(_End):
         assert reason is not None
         clean = isinstance(reason.value, error.ConnectionDone)
         stats = self.relay.stats
-        stats["closed_clean" if clean else "closed_error"] += 1
+        idle, self._idle = self._idle, None
+        if idle is not None and idle.active():
+            idle.cancel()
+        if self._idled:
+            stats["idle_timeout"] += 1
+        else:
+            stats["closed_clean" if clean else "closed_error"] += 1
         stats["bytes_up"] += self.received
         stats["bytes_down"] += backend.received
         forget, self._forget = self._forget, None
@@ -407,7 +526,13 @@ class RelayProtocol(_End):
             route=self.route,
             peer=describe_peer(self.peer),
             backend=self.relay.backend,
-            how="cleanly" if clean else f"on error ({_why(reason)})",
+            how=(
+                "after the idle timeout"
+                if self._idled
+                else "cleanly"
+                if clean
+                else f"on error ({_why(reason)})"
+            ),
             side="backend" if first is backend else "client",
             up=self.received,
             down=backend.received,
@@ -474,6 +599,12 @@ class RelayFactory(Factory):
     ``IStreamClientEndpoint``.  ``name`` names the route in log lines
     (default: the route the detector chose).  ``connect_timeout`` is how
     many seconds the backend has to accept before the client is closed.
+    ``idle_timeout`` closes a relayed connection once no byte has moved
+    either way for that many seconds (up to a quarter more: the timer
+    looks four times per timeout); 0 or None turns it off.  The default,
+    an hour, is Envoy's for its TCP proxy.  A connection with bytes
+    waiting for a side that stopped reading is aborted (a reset); an idle
+    one closed cleanly.
     ``no_delay`` turns Nagle's algorithm off on tcp sides (what gRPC and
     other request-response protocols want).  ``reactor`` (the global one by
     default) parses endpoint strings: the endpoints made connect with it.
@@ -487,10 +618,11 @@ class RelayFactory(Factory):
     ``stats`` counts ``connected`` (backend reached), ``backend_failed``,
     ``client_left`` (client gone before the backend answered),
     ``closed_clean``, ``closed_error`` (ended by a reset or abort on either
-    side), ``bytes_up`` (client to backend) and ``bytes_down``, added when
-    a connection ends.  ``active`` is the number of connections not yet
-    fully closed.  ``connect_seconds`` is a :class:`~txcmux._histogram.Histogram`
-    of the time the backend took to accept; ``last_error`` says why the last
+    side), ``idle_timeout`` (closed by the idle timeout), ``bytes_up``
+    (client to backend) and ``bytes_down``, added when a connection ends.
+    ``active`` is the number of connections not yet fully closed.
+    ``connect_seconds`` is a :class:`~txcmux._histogram.Histogram` of the
+    time the backend took to accept; ``last_error`` says why the last
     attempt failed, or is None once one succeeds.
     """
 
@@ -505,6 +637,7 @@ class RelayFactory(Factory):
         clock: IReactorTime | None = None,
         name: str | None = None,
         connect_timeout: float = 10,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         no_delay: bool = True,
         clients: IRelayedClients | None = None,
         send_proxy: str | None = None,
@@ -540,6 +673,15 @@ class RelayFactory(Factory):
                 f"{where}: connect_timeout is {connect_timeout!r}; expected a"
                 " positive number of seconds"
             )
+        if idle_timeout is None:
+            idle_timeout = 0
+        if isinstance(idle_timeout, bool) or not (
+            isinstance(idle_timeout, int | float) and 0 <= idle_timeout < float("inf")
+        ):
+            raise ConfigurationError(
+                f"{where}: idle_timeout is {idle_timeout!r}; expected a"
+                " positive number of seconds, or 0 for none"
+            )
         if clients is not None and not IRelayedClients.providedBy(clients):
             raise ConfigurationError(
                 f"{where}: clients is {clients!r}; expected an IRelayedClients"
@@ -549,6 +691,7 @@ class RelayFactory(Factory):
         self._described = endpoint if isinstance(endpoint, str) else None
         self.name = name
         self.connect_timeout = connect_timeout
+        self.idle_timeout: float = idle_timeout
         self.no_delay = no_delay
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.clients: IRelayedClients = clients if clients is not None else CLIENTS

@@ -50,6 +50,7 @@ from .._errors import ConfigurationError
 from .._handoff import Handoff, IHandoffFactory, IHandoffReceiver, install
 from .._log import SHOWN_BYTES, describe_peer, log
 from ..matchers._http2 import PREFACE
+from ._deadline import DEFAULT_HEADER_TIMEOUT, bound
 from ._grpc_backend import GrpcBackend
 from ._grpcweb import GrpcWebResource
 from ._h2c import start_h2
@@ -94,6 +95,12 @@ class WebFactory(Factory):
     from browsers) for that backend, allowing scripts of the
     ``grpc_web_origins`` pages (``"*"``: any) to call (see
     :mod:`txcmux._web._grpcweb`); ``name`` names the route in log lines.
+
+    ``header_timeout`` gives each HTTP/1.1 request that many seconds from
+    its first byte to the end of its header block, then answers 408 and
+    closes (counted as ``closed.header_timeout``; see
+    :mod:`txcmux._web._deadline`); 0 or None turns it off.  The default,
+    60 s, is nginx's ``client_header_timeout``.
     """
 
     noisy = False
@@ -108,7 +115,20 @@ class WebFactory(Factory):
         grpc_web: bool = False,
         grpc_web_origins: Iterable[str] = (),
         name: str = "web",
+        header_timeout: float | None = DEFAULT_HEADER_TIMEOUT,
     ) -> None:
+        if header_timeout is None:
+            header_timeout = 0
+        if isinstance(header_timeout, bool) or not (
+            isinstance(header_timeout, int | float)
+            and 0 <= header_timeout < float("inf")
+        ):
+            raise ConfigurationError(
+                f"WebFactory(header_timeout={header_timeout!r}): expected a"
+                " positive number of seconds, or 0 for none"
+            )
+        self.header_timeout: float = header_timeout
+        self.name = name
         if isinstance(site_or_resource, Site):
             site = site_or_resource
             if reactor is not None and reactor is not site.reactor:
@@ -173,9 +193,18 @@ class WebFactory(Factory):
             return self.buildProtocol(handoff.peer)
         self.stats["http/1.1"] += 1
         if _is_plain(self.site):
-            return http1_channel(self.site)
+            return self.bounded(http1_channel(self.site))
         template = self.site.buildProtocol(handoff.peer)  # type: ignore[no-untyped-call]
-        return None if template is None else _unwrapped(template)
+        return None if template is None else self.bounded(_unwrapped(template))
+
+    def bounded(self, channel: IProtocol) -> IProtocol:
+        """``channel`` (HTTP/1.1, not yet given its first bytes), with the
+        ``header_timeout`` deadline on each request's header block."""
+        if self.header_timeout:
+            bound(
+                channel, self.header_timeout, self.site.reactor, self.stats, self.name
+            )
+        return channel
 
     def acceptableProtocols(self) -> list[bytes]:
         """The ALPN protocols served: ``h2`` and ``http/1.1`` (or just the latter).
@@ -358,6 +387,7 @@ class _ChannelChooser(Protocol):
             else:
                 channel = _unwrapped(self._template)
             channel.makeConnection(transport)
+            web.bounded(channel)
         web.stats[kind] += 1
         self._channel = channel
         install(transport, self, channel)
