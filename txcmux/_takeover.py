@@ -34,6 +34,7 @@ from zope.interface import implementer
 from ._drain import http_channel_of
 from ._handoff import install
 from ._log import describe_peer, log
+from ._web._deadline import release
 
 __all__ = ["WebSocketResource", "take_connection"]
 
@@ -81,6 +82,7 @@ def take_connection(request: Any, protocol: IProtocol) -> bool:
     # twisted.web suspends the channel's idle timeout while a request is
     # handled, and this one never ends; off for good all the same.
     channel.setTimeout(None)
+    release(channel)  # and the web target's header deadline
     transport.unregisterProducer()  # the channel's registration
     install(transport, current, protocol)
     protocol.makeConnection(transport)

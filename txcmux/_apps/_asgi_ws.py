@@ -42,6 +42,7 @@ from zope.interface import implementer
 from .._drain import http_channel_of
 from .._handoff import install
 from .._log import describe_peer, log
+from .._web._deadline import release
 from ._asgi import ASGIApplication, scope_for
 from ._loop import Outbox
 
@@ -82,6 +83,7 @@ def start_websocket(app: ASGIApplication, request: Any) -> None:
         None,
     )
     channel.setTimeout(None)
+    release(channel)  # the web target's header deadline too
     # The channel stops being the transport's producer (the connection
     # registers itself when it is made) and its protocol.
     transport.unregisterProducer()

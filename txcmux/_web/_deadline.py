@@ -147,6 +147,7 @@ def bound(
     miss in ``stats`` as ``closed.header_timeout``.  Call it before the
     channel's first bytes."""
     deadline = _HeaderDeadline(channel, timeout, clock, stats, route)
+    channel.__dict__[_KEY] = deadline
     lost = channel.connectionLost
 
     def connection_lost(reason: object) -> None:
@@ -154,3 +155,15 @@ def bound(
         lost(reason)
 
     channel.connectionLost = connection_lost
+
+
+#: Where a bound channel keeps its deadline, for :func:`release`.
+_KEY = "_txcmux_header_deadline"
+
+
+def release(channel: Any) -> None:
+    """Stop ``channel``'s deadline, if it has one: another protocol takes
+    its connection (a WebSocket), so no request of its will come again."""
+    deadline = channel.__dict__.pop(_KEY, None)
+    if deadline is not None:
+        deadline.cancel()
