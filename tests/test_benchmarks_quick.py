@@ -176,3 +176,19 @@ def test_the_growth_series_runs(tmp_path: Path) -> None:
     if charts:
         assert (tmp_path / "growth-connections.png").stat().st_size > 0
         assert (tmp_path / "growth-routes.png").stat().st_size > 0
+
+
+def test_the_header_deadline_benchmark_runs() -> None:
+    """``python -m benchmarks.header_deadline``, in a small size: both
+    settings served every request (the benchmark checks the answers) and
+    the three lines are printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.header_deadline",
+         "--requests", "300", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("header_timeout off: ") and "us of CPU" in lines[0]
+    assert lines[1].startswith("header_timeout 60 s: ") and "us of CPU" in lines[1]
+    assert lines[2].startswith("difference: ")

@@ -653,7 +653,7 @@ TLS_KEYS = {
 }
 
 
-def _or_none_seconds(where: Where, value: object) -> float:
+def _seconds_or_zero(where: Where, value: object) -> float:
     """A timeout in seconds, or 0 for none."""
     if value == 0 and not isinstance(value, bool):
         return 0.0
@@ -683,12 +683,12 @@ ROUTE_KEYS = {
     "proxy": Key(lambda where, value: ProxyTarget(client_endpoint(where, value)), None),
     "send_proxy": Key(one_of("v1", "v2"), None),
     "send_proxy_checksum": Key(boolean, False),
-    "idle_timeout": Key(_or_none_seconds, None),
+    "idle_timeout": Key(_seconds_or_zero, None),
     "max_connections": Key(_limit, None),
     "grpc_backend": Key(_grpc_backend, None),
     "grpc_web": Key(boolean, False),
     "grpc_web_origins": Key(_origins, ()),
-    "header_timeout": Key(_or_none_seconds, None),
+    "header_timeout": Key(_seconds_or_zero, None),
     "grpc": Key(_grpc, None),
     "factory": Key(
         lambda where, value: FactoryTarget(*import_path(where, value)), None

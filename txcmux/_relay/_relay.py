@@ -347,12 +347,8 @@ class RelayProtocol(_End):
         pending, self._pending = self._pending or [], None
         data = b"".join(pending)
         self.received += len(data)
-        if self.relay.send_proxy is not None:
-            # First of all on the backend connection, before any spliced byte.
-            header, self.unique_id = header_for(
-                client, self.handoff, self.relay.send_proxy, self.relay.proxy_checksum
-            )
-            data = header + data
+        # First of all on the backend connection, before any spliced byte.
+        data = self._with_proxy_header(data)
         wrote = False
         if not self.read_closed:
             # Between two plain sockets on Linux the kernel moves the bytes.
@@ -370,6 +366,19 @@ class RelayProtocol(_End):
             _unregister(server)
             _close_write(server)
 
+    def _with_proxy_header(self, data: bytes) -> bytes:
+        """``data`` behind the PROXY header for this client, if the relay
+        sends one (and keep its unique id for the close line)."""
+        if self.relay.send_proxy is None:
+            return data
+        header, self.unique_id = header_for(
+            self.transport,
+            self.handoff,
+            self.relay.send_proxy,
+            self.relay.proxy_checksum,
+        )
+        return header + data
+
     def _deliver_last(self, server: Any) -> None:
         """Write what a client that has left cleanly sent, to the backend
         that has just answered (which is then closed after it)."""
@@ -379,15 +388,7 @@ class RelayProtocol(_End):
         stats["connected"] += 1
         stats["closed_clean"] += 1
         stats["bytes_up"] += len(data)
-        if self.relay.send_proxy is not None:
-            header, self.unique_id = header_for(
-                self.transport,
-                self.handoff,
-                self.relay.send_proxy,
-                self.relay.proxy_checksum,
-            )
-            data = header + data
-        server.write(data)
+        server.write(self._with_proxy_header(data))
         self._counted = True
         log.debug(
             "txcmux: route {route}: {peer} left before backend {backend}"

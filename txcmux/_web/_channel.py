@@ -50,7 +50,7 @@ from .._errors import ConfigurationError
 from .._handoff import Handoff, IHandoffFactory, IHandoffReceiver, install
 from .._log import SHOWN_BYTES, describe_peer, log
 from ..matchers._http2 import PREFACE
-from ._deadline import DEFAULT_HEADER_TIMEOUT, bound
+from ._deadline import DEFAULT_HEADER_TIMEOUT, HeaderDeadline
 from ._grpc_backend import GrpcBackend
 from ._grpcweb import GrpcWebResource
 from ._h2c import start_h2
@@ -201,7 +201,7 @@ class WebFactory(Factory):
         """``channel`` (HTTP/1.1, not yet given its first bytes), with the
         ``header_timeout`` deadline on each request's header block."""
         if self.header_timeout:
-            bound(
+            HeaderDeadline(
                 channel, self.header_timeout, self.site.reactor, self.stats, self.name
             )
         return channel

@@ -2,13 +2,13 @@
 
 Twisted's HTTPChannel closes a connection idle for the Site's ``timeOut``,
 but every byte restarts that timer: a client that sends one byte of its
-headers every minute holds the connection for ever.  :func:`bound` gives
+headers every minute holds the connection for ever.  :class:`HeaderDeadline` gives
 each request, from its first byte to the end of its header block, at most
 ``timeout`` seconds, as nginx's ``client_header_timeout`` (60 s by default)
 and HAProxy's ``timeout http-request`` do; past it the client gets
 ``408 Request Timeout`` and the connection is closed::
 
-    bound(channel, 60.0, reactor, stats, route="web")
+    HeaderDeadline(channel, 60.0, reactor, stats, route="web")
 
 The time a connection waits for a request to begin stays the Site's
 ``timeOut``; the body of a request is not bounded here (the target reads
@@ -36,8 +36,10 @@ TIMED_OUT = (
 )
 
 
-class _HeaderDeadline:
-    """Watches one HTTP/1.1 channel: notes when a request's first read
+class HeaderDeadline:
+    """Watches one HTTP/1.1 channel (give it the channel before its first
+    bytes; ``stats`` counts a miss as ``closed.header_timeout``): notes
+    when a request's first read
     comes and when its last header line does; a timer looks in between.
 
     It sits in the channel's own ``dataReceived`` (only for the first read
@@ -50,7 +52,6 @@ class _HeaderDeadline:
     """
 
     __slots__ = (
-        "__weakref__",
         "_call",
         "_channel",
         "_clock",
@@ -77,6 +78,8 @@ class _HeaderDeadline:
         self._started: float | None = None  # when the current request began
         channel.allHeadersReceived = self._all_headers_received
         channel.requestDone = self._request_done
+        channel.connectionLost = self._connection_lost
+        channel.__dict__[_KEY] = self
         self._arm()
 
     def _arm(self) -> None:
@@ -127,34 +130,16 @@ class _HeaderDeadline:
             transport.write(TIMED_OUT)
             channel.loseConnection()
 
+    def _connection_lost(self, reason: object) -> None:
+        self.cancel()
+        type(self._channel).connectionLost(self._channel, reason)
+
     def cancel(self) -> None:
-        """The connection is gone: no timer may outlive it."""
+        """No request will come again: no timer may outlive the connection."""
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
         self._channel.__dict__.pop("dataReceived", None)
-
-
-def bound(
-    channel: Any,
-    timeout: float,
-    clock: IReactorTime,
-    stats: Counter[str],
-    route: str,
-) -> None:
-    """Give each request on HTTP/1.1 ``channel`` ``timeout`` seconds of
-    ``clock`` from its first byte to the end of its header block; count a
-    miss in ``stats`` as ``closed.header_timeout``.  Call it before the
-    channel's first bytes."""
-    deadline = _HeaderDeadline(channel, timeout, clock, stats, route)
-    channel.__dict__[_KEY] = deadline
-    lost = channel.connectionLost
-
-    def connection_lost(reason: object) -> None:
-        deadline.cancel()
-        lost(reason)
-
-    channel.connectionLost = connection_lost
 
 
 #: Where a bound channel keeps its deadline, for :func:`release`.
