@@ -515,11 +515,10 @@ def _serve(directory: Path, no_splice: bool) -> None:
     from twisted.internet import reactor
     from twisted.internet.protocol import Factory, Protocol
 
+    from txcmux._relay import _splice
     from txcmux.config import load, make_service
 
     if no_splice:
-        from txcmux._relay import _splice
-
         _splice._SPLICE = None
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
@@ -540,9 +539,13 @@ def _serve(directory: Path, no_splice: bool) -> None:
             gc.collect()
             rss = _rss_kib()
             _malloc_trim()
+            kept = len(_splice._PIPES.free)
             self._answer(
                 {
-                    "fds": len(os.listdir("/proc/self/fd")),
+                    # Less the empty pipes the relay keeps for reuse (a
+                    # cache of at most _PIPES.keep, counted on its own).
+                    "fds": len(os.listdir("/proc/self/fd")) - 2 * kept,
+                    "kept_pipes": kept,
                     "rss_kib": rss,
                     "trimmed_rss_kib": _rss_kib(),
                     "objects": len(gc.get_objects()),

@@ -27,6 +27,7 @@ registry the in-process gRPC server reads.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -137,6 +138,23 @@ def _abort(transport: Any) -> None:
         transport.loseConnection()
 
 
+def _error_pending(transport: Any) -> bool:
+    """Whether ``transport``'s socket holds an error not yet reported.
+
+    Twisted's poll and epoll reactors report a hang-up that comes without
+    readable bytes as a clean end (``CONNECTION_DONE``) even when the kernel
+    flags an error with it, so a reset can reach the protocol as an EOF.
+    Asked only at an EOF, so it costs one call per connection.
+    """
+    getsockopt = getattr(getattr(transport, "socket", None), "getsockopt", None)
+    if getsockopt is None:
+        return False
+    try:
+        return bool(getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    except (OSError, TypeError):
+        return False
+
+
 def _lose(transport: Any) -> None:
     transport.loseConnection()
 
@@ -162,6 +180,8 @@ class _End(Protocol):
     read_closed = False
     write_closed = False
     lost: Failure | None = None
+    #: The EOF this side reported was a reset (an error was pending).
+    reset_at_eof = False
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
@@ -169,6 +189,11 @@ class _End(Protocol):
 
     def readConnectionLost(self) -> None:
         """This side sent EOF: no more bytes for the other side, half-close it."""
+        if _error_pending(self.transport):
+            # A reset reported as an EOF: pass it on as the reset it is.
+            self.reset_at_eof = True
+            _abort(self.transport)
+            return
         self.read_closed = True
         consumer = self._other_transport()
         if consumer is not None:
@@ -532,6 +557,8 @@ class RelayProtocol(_End):
                 if self._idled
                 else "cleanly"
                 if clean
+                else "on error (connection reset)"
+                if first.reset_at_eof
                 else f"on error ({_why(reason)})"
             ),
             side="backend" if first is backend else "client",

@@ -69,19 +69,72 @@ def _plain_socket(end: Any) -> bool:
     )
 
 
+class _Pipes:
+    """Empty pipes kept for the next pump that needs one.
+
+    A pump holds a pipe only while bytes are in it, so an idle spliced
+    relay holds its two sockets and nothing more: 10,000 idle relays would
+    otherwise hold 40,000 descriptors for their pipes, and count 64 KiB
+    each against the per-user pipe limit.  HAProxy likewise gives a pipe
+    back to its pool as soon as it is empty (``tune.maxpipes``).  Only
+    pipes known to be empty are kept, at most ``keep`` of them.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.free: list[tuple[int, int]] = []
+
+    def take(self) -> tuple[int, int]:
+        """A pipe's (read end, write end); raises OSError when out of descriptors."""
+        if self.free:
+            return self.free.pop()
+        return os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def give(self, pipe: tuple[int, int], empty: bool) -> None:
+        """Keep ``pipe`` for the next pump if it is ``empty`` and there is room."""
+        if empty and len(self.free) < self.keep:
+            self.free.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+    def forget(self) -> None:
+        """Close the kept pipes (in a forked child, whose copies they are)."""
+        free, self.free = self.free, []
+        for pipe in free:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+
+#: The process's kept pipes: what a few hundred transfers at once reuse.
+_PIPES = _Pipes(keep=64)
+os.register_at_fork(after_in_child=_PIPES.forget)
+#: Seconds a pump waits before it tries again for a pipe, out of descriptors.
+_RETRY = 0.1
+_NO_PIPE = (-1, -1)
+
+
 class _Pump:
-    """One direction of a spliced relay: ``source`` socket to ``sink`` socket."""
+    """One direction of a spliced relay: ``source`` socket to ``sink`` socket.
+
+    ``partner`` is the other direction's pump, whose source is this pump's
+    sink.
+    """
+
+    partner: _Pump | None = None
 
     def __init__(self, source: Any, sink: Any, counter: Any) -> None:
         self.source = source
         self.sink = sink
         self.counter = counter  # the relay end whose ``received`` counts bytes
-        self.pipe_out, self.pipe_in = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.pipe = _NO_PIPE  # (read end, write end) while bytes pass through
         self.pending = 0  # bytes in the pipe, not yet in the sink
         self.moved = 0  # bytes moved so far
         self.grown = False  # the pipe was made bigger for a bulk transfer
         self.ended = False  # the source sent EOF
         self.broken = False  # the sink refused bytes: it is lost
+        self.closed = False
+        self.retry: Any = None  # the DelayedCall of a wait for a pipe
         self.source_fd = source.fileno()
         self.sink_fd = sink.fileno()
         self._sink_do_write = sink.doWrite
@@ -90,18 +143,27 @@ class _Pump:
 
     def do_read(self) -> Any:
         """The source is readable: splice what it has into the pipe, then on."""
-        if self.pipe_in < 0 or not self.source.connected:
+        if self.closed or not self.source.connected:
             return main.CONNECTION_LOST
         if self.pending and not self._flush():
             return None  # still full: reading stopped until the sink drains
+        if self.pipe is _NO_PIPE and not self._take_pipe():
+            return None
         try:
-            moved = _SPLICE(self.source_fd, self.pipe_in, _CHUNK, flags=_FLAGS)  # type: ignore[misc]
+            moved = _SPLICE(self.source_fd, self.pipe[1], _CHUNK, flags=_FLAGS)  # type: ignore[misc]
         except BlockingIOError:
+            self._give_back()
             return None
         except OSError:
             return main.CONNECTION_LOST
         if not moved:
+            self._give_back()
             self.ended = True
+            partner = self.partner
+            if partner is not None and partner.broken:
+                # A write into this socket reported its reset, and took the
+                # error with it: the read sees only EOF.  It is no clean end.
+                return main.CONNECTION_LOST
             return main.CONNECTION_DONE
         self.counter.received += moved
         self.pending += moved
@@ -111,8 +173,32 @@ class _Pump:
         self._flush()
         return None
 
+    def _take_pipe(self) -> bool:
+        """Take a pipe; out of descriptors, stop reading and try again soon."""
+        try:
+            self.pipe = _PIPES.take()
+        except OSError:
+            self.source.stopReading()
+            if self.retry is None:
+                self.retry = self.source.reactor.callLater(_RETRY, self._resume)
+            return False
+        return True
+
+    def _resume(self) -> None:
+        self.retry = None
+        source = self.source
+        if not self.closed and source.connected and not source.disconnecting:
+            source.startReading()
+
+    def _give_back(self) -> None:
+        """The pipe is empty: give it back, unless this transfer is bulk."""
+        if self.pipe is not _NO_PIPE and not self.grown:
+            pipe, self.pipe = self.pipe, _NO_PIPE
+            _PIPES.give(pipe, empty=True)
+
     def _grow(self) -> None:
-        """A bulk transfer: give it a bigger pipe (if the system allows).
+        """A bulk transfer: give it a bigger pipe (if the system allows), and
+        keep it for the rest of the connection.
 
         Only then, since a pipe's size counts against a per-user limit
         (``/proc/sys/fs/pipe-user-pages-soft``) whatever it holds.
@@ -120,7 +206,7 @@ class _Pump:
         self.grown = True
         for size in _BULK_PIPE_SIZES:
             try:
-                fcntl.fcntl(self.pipe_in, _F_SETPIPE_SZ, size)
+                fcntl.fcntl(self.pipe[1], _F_SETPIPE_SZ, size)
             except OSError:
                 continue
             return
@@ -138,11 +224,11 @@ class _Pump:
     def _flush(self) -> bool:
         """Move the pipe's bytes to the sink; False if they must wait."""
         while self.pending:
-            if self.pipe_out < 0 or not self.sink.connected:
-                self.pending = 0  # the sink is gone: the bytes go nowhere
+            if self.closed or not self.sink.connected:
+                self._drop()  # the sink is gone: the bytes go nowhere
                 return True
             try:
-                moved = _SPLICE(self.pipe_out, self.sink_fd, self.pending, flags=_FLAGS)  # type: ignore[misc]
+                moved = _SPLICE(self.pipe[0], self.sink_fd, self.pending, flags=_FLAGS)  # type: ignore[misc]
             except OSError as problem:
                 # Full (EAGAIN): wait for the sink.  Broken (EPIPE, reset):
                 # the sink's next write reports it, as Twisted's would.
@@ -151,7 +237,15 @@ class _Pump:
                 self.sink.startWriting()
                 return False
             self.pending -= moved
+        self._give_back()
         return True
+
+    def _drop(self) -> None:
+        """Close the pipe with whatever it holds: it is never used again."""
+        if self.pipe is not _NO_PIPE:
+            pipe, self.pipe = self.pipe, _NO_PIPE
+            _PIPES.give(pipe, empty=False)
+        self.pending = 0
 
     def close(self) -> None:
         """Close the pipe; the sink is gone, its bytes can go nowhere.
@@ -159,11 +253,16 @@ class _Pump:
         Also gives the transports back their own ``doRead`` and ``doWrite``,
         so that no transport and pump keep each other alive in a cycle.
         """
-        if self.pipe_in >= 0:
-            os.close(self.pipe_in)
-            os.close(self.pipe_out)
-            self.pipe_in = self.pipe_out = -1
-            self.pending = 0
+        self.closed = True
+        self.partner = None
+        if self.pending or self.grown:
+            self._drop()
+        else:
+            self._give_back()
+        if self.retry is not None:
+            if self.retry.active():
+                self.retry.cancel()
+            self.retry = None
         _compat.give_back_io(self.source, read=True)
         _compat.give_back_io(self.sink, write=True)
 
@@ -193,15 +292,9 @@ def start(one: Any, other: Any, first: bytes = b"") -> tuple[Pumps | None, bool]
         if sent is None or sent < len(first):
             sink.write(first[sent:] if sent is not None else first)
             return None, True
-    try:
-        forward = _Pump(one.transport, sink, one)
-    except OSError:  # out of file descriptors: the ordinary path will do
-        return None, bool(first)
-    try:
-        backward = _Pump(sink, one.transport, other)
-    except OSError:
-        forward.close()
-        return None, bool(first)
+    forward = _Pump(one.transport, sink, one)
+    backward = _Pump(sink, one.transport, other)
+    forward.partner, backward.partner = backward, forward
     return (forward, backward), bool(first)
 
 
