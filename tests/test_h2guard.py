@@ -1,12 +1,15 @@
-"""The frame-size bound in front of Twisted's HTTP/2: a frame header announcing
-more than the maximum frame size closes the connection on the header."""
+"""The guards in front of Twisted's HTTP/2: a frame header announcing more
+than the maximum frame size closes the connection on the header, and a
+header block left open past ``header_timeout`` gets a GOAWAY."""
 
 from __future__ import annotations
 
 import socket
 import struct
 from itertools import pairwise
+from typing import Any
 
+import hpack
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
@@ -208,3 +211,105 @@ def test_a_request_in_the_same_read_as_goaway_logs_no_failure() -> None:
         globalLogPublisher.removeObserver(observe)
     assert [e["log_failure"].value for e in failures] == []
     assert transport.disconnecting
+
+
+# -- the header block deadline ---------------------------------------------------
+
+END_STREAM, END_HEADERS = 0x1, 0x4
+BLOCK = hpack.Encoder().encode(
+    [(":method", "GET"), (":scheme", "http"), (":path", "/hello"),
+     (":authority", "localhost")]
+)  # fmt: skip
+
+
+def test_a_header_block_is_open_until_the_frame_that_ends_it() -> None:
+    lengths = FrameLengths()
+    lengths.feed(PREFACE + SETTINGS, MAX)
+    assert not lengths.in_headers
+    lengths.feed(frame(1, END_STREAM, 1, BLOCK[:3]), MAX)  # no END_HEADERS
+    assert lengths.in_headers
+    ending = frame(9, END_HEADERS, 1, BLOCK[3:])
+    lengths.feed(ending[:5], MAX)  # a frame header split over reads: still in it
+    assert lengths.in_headers
+    lengths.feed(ending[5:-1], MAX)  # the last frame, all but its last byte
+    assert lengths.in_headers
+    lengths.feed(ending[-1:], MAX)
+    assert not lengths.in_headers
+    lengths.feed(frame(1, END_HEADERS, 3, b""), MAX)  # empty, and ended at once
+    assert not lengths.in_headers
+    lengths.feed(frame(0, 0, 1, b"body"), MAX)
+    assert not lengths.in_headers
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0, 1, 6, 9]), st.booleans(), st.integers(0, 40)),
+        max_size=12,
+    ),
+    st.lists(st.integers(0, 400), max_size=8),
+)
+def test_in_headers_does_not_depend_on_how_the_bytes_are_split(
+    spec: list[tuple[int, bool, int]], cuts: list[int]
+) -> None:
+    stream = PREFACE + b"".join(
+        frame(kind, END_HEADERS if ends else 0, 1, b"p" * n) for kind, ends, n in spec
+    )
+    pieces = splits(stream, cuts)
+    split = FrameLengths()
+    for at, piece in enumerate(pieces):
+        split.feed(piece, MAX)
+        whole = FrameLengths()
+        whole.feed(b"".join(pieces[: at + 1]), MAX)
+        assert split.in_headers == whole.in_headers
+
+
+def connected(header_timeout: float) -> tuple[Any, StringTransport, Clock, WebFactory]:
+    """An HTTP/2 connection of the web target, in memory, on a Clock."""
+    clock = Clock()
+    root = Resource()
+    root.putChild(b"hello", Data(b"hello", "text/plain"))
+    factory = WebFactory(Site(root, reactor=clock), header_timeout=header_timeout)
+    connection = factory.buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.dataReceived(PREFACE + SETTINGS)
+    return connection, transport, clock, factory
+
+
+def test_a_header_block_left_open_gets_goaway_at_the_deadline() -> None:
+    connection, transport, clock, factory = connected(header_timeout=5)
+    connection.dataReceived(frame(1, END_STREAM, 1, BLOCK[:3]))
+    continuation = frame(9, END_HEADERS, 1, BLOCK[3:])
+    for at in range(8):  # its header a byte at a time: no restart
+        clock.advance(0.6)
+        connection.dataReceived(continuation[at : at + 1])
+    clock.advance(0.19)
+    assert not transport.disconnecting
+    clock.advance(0.01)
+    assert transport.disconnecting
+    assert last_goaway_error(transport.value()) == 1  # PROTOCOL_ERROR
+    assert factory.stats["closed.header_timeout"] == 1
+
+
+def test_finished_header_blocks_leave_no_deadline() -> None:
+    connection, transport, clock, factory = connected(header_timeout=5)
+    for stream in (1, 3):
+        connection.dataReceived(frame(1, END_STREAM, stream, BLOCK[:3]))
+        clock.advance(4)  # each block within the bound, together beyond it
+        connection.dataReceived(frame(9, END_HEADERS, stream, BLOCK[3:]))
+    assert [kind for kind, _ in frames(transport.value())].count(0) >= 2  # DATA
+    # The clock.getDelayedCalls() left are Twisted's own idle timeout.
+    assert not [
+        call for call in clock.getDelayedCalls() if "headers" in repr(call.func)
+    ]
+    clock.advance(30)  # (Twisted's idle timeout here is 60 s)
+    assert not transport.disconnecting
+    assert factory.stats["closed.header_timeout"] == 0
+
+
+def test_a_header_timeout_of_zero_is_no_deadline() -> None:
+    connection, transport, clock, factory = connected(header_timeout=0)
+    connection.dataReceived(frame(1, END_STREAM, 1, BLOCK[:3]))
+    clock.advance(59)  # just short of Twisted's idle timeout here
+    assert factory.stats["closed.header_timeout"] == 0
+    assert 7 not in [kind for kind, _ in frames(transport.value())]  # no GOAWAY

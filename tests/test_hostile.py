@@ -289,6 +289,34 @@ def test_a_continuation_flood_is_cut(server: Server) -> None:
     server.served()
 
 
+def test_a_header_block_trickled_in_continuations_gets_goaway(server: Server) -> None:
+    """HTTP/2's slowloris, after the decision: a whole first request (the
+    detector needs its headers to choose the route), then a HEADERS frame
+    without END_HEADERS and a CONTINUATION frame's bytes one at a time.
+    Each byte restarts Twisted's idle timeout; the block as a whole has
+    header_timeout (1 s here)."""
+    client = H2Connection(H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(1, REQUEST, end_stream=True)
+    opening = client.data_to_send() + frame(1, 0x1, 3, b"\x82")  # no END_HEADERS
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(opening)
+        received, closed = b"", False
+        for byte in frame(9, 0, 3, b"\x00" * 40):  # at most 10 s: stops by itself
+            while not closed and select.select([sock], [], [], 0.2)[0]:
+                chunk = sock.recv(65536)
+                received += chunk
+                closed = not chunk
+            if closed or goaway_code(received) is not None:
+                break
+            sock.sendall(bytes([byte]))
+        took = time.monotonic() - started
+    assert goaway_code(received) == 1  # PROTOCOL_ERROR
+    assert 0.9 < took < 1.0 + PROMPTLY
+    server.served()
+
+
 def test_requests_reset_at_once_do_not_break_the_server(server: Server) -> None:
     """The Rapid Reset pattern: HEADERS then RST_STREAM, many times, in bulk."""
     client = H2Connection(H2Configuration(client_side=True))
@@ -367,3 +395,4 @@ def test_each_kind_was_counted(server: Server) -> None:
     assert counter(metrics, "web_closed_total", reason="frame_too_large") >= 1
     log = server.log.read_text(encoding="utf-8")
     assert re.search(r"a frame header announces 16777215 bytes", log)
+    assert re.search(r"a header block still open after 1 s \(header_timeout", log)

@@ -98,9 +98,12 @@ class WebFactory(Factory):
 
     ``header_timeout`` gives each HTTP/1.1 request that many seconds from
     its first byte to the end of its header block, then answers 408 and
-    closes (counted as ``closed.header_timeout``; see
-    :mod:`txcmux._web._deadline`); 0 or None turns it off.  The default,
-    60 s, is nginx's ``client_header_timeout``.
+    closes (see :mod:`txcmux._web._deadline`); on HTTP/2 it bounds each
+    header block, from its HEADERS frame to the end of the frame with
+    END_HEADERS, then sends GOAWAY (PROTOCOL_ERROR) and closes (see
+    :mod:`txcmux._web._h2guard`).  Both count as ``closed.header_timeout``;
+    0 or None turns it off.  The default, 60 s, is nginx's
+    ``client_header_timeout``.
     """
 
     noisy = False
@@ -378,6 +381,7 @@ class _ChannelChooser(Protocol):
                 template = web.site.buildProtocol(self._addr)  # type: ignore[no-untyped-call]
             channel = start_h2(web._h2_connection, transport, template, web.site)
             channel.stats = web.stats  # type: ignore[attr-defined]
+            channel.header_timeout = web.header_timeout  # type: ignore[attr-defined]
             if web.grpc_backend is not None:
                 channel.grpc_backend = web.grpc_backend  # type: ignore[attr-defined]
         else:

@@ -55,6 +55,17 @@ header (it never looks inside a frame) and says when one announces more::
    the window to open (it polls, once per reactor turn, as it does for any
    exhausted window).
 
+5. A header block that never ends.  A client may send a HEADERS frame
+   without END_HEADERS and then CONTINUATION frames a byte at a time, or
+   one HEADERS frame's payload a byte at a time: each byte restarts
+   Twisted's idle timeout, and h2 has no deadline, so the connection was
+   held for as long as the client liked.  With ``header_timeout`` set (the
+   web target sets its route's), a header block still open that many
+   seconds after its first frame header gets a GOAWAY (PROTOCOL_ERROR) and
+   the connection is closed, counted as ``closed.header_timeout``.
+   :class:`FrameLengths` already walks the frame headers, so this costs a
+   timer only while a block stays open across reads.
+
 :func:`guarded` makes the subclass of Twisted's H2Connection that the web
 target uses: it feeds every read to a :class:`FrameLengths` before h2 sees
 it, closes the connection with a GOAWAY (FRAME_SIZE_ERROR) on the header
@@ -78,17 +89,29 @@ from .._log import describe_peer, log
 
 _PREFACE_LENGTH = 24
 _HEADER = 9
+#: HEADERS, PUSH_PROMISE and CONTINUATION carry header blocks.
+_BLOCK_TYPES = frozenset((0x1, 0x5, 0x9))
+_END_HEADERS = 0x4
 
 
 class FrameLengths:
-    """Where each frame of a client's HTTP/2 stream starts, and its length."""
+    """Where each frame of a client's HTTP/2 stream starts, and its length;
+    and whether a header block is still open (``in_headers``): from the
+    header of a HEADERS frame to the end of the frame that carries
+    END_HEADERS, CONTINUATION frames included."""
 
-    __slots__ = ("_header", "_preface_left", "_skip")
+    __slots__ = ("_block", "_header", "_preface_left", "_skip")
 
     def __init__(self) -> None:
         self._preface_left = _PREFACE_LENGTH
         self._skip = 0  # bytes of the current frame's payload still to come
         self._header = b""  # a frame header split over reads
+        self._block = 0  # 1: a header block is open; 2: this frame ends it
+
+    @property
+    def in_headers(self) -> bool:
+        """Whether the bytes so far end inside a header block."""
+        return self._block != 0
 
     def feed(self, data: bytes, maximum: int) -> int | None:
         """Take the next bytes; the announced length if one is over ``maximum``."""
@@ -101,6 +124,8 @@ class FrameLengths:
                 step = min(self._skip, size - at)
                 self._skip -= step
                 at += step
+                if not self._skip and self._block == 2:
+                    self._block = 0
                 continue
             if self._header:
                 needed = _HEADER - len(self._header)
@@ -118,7 +143,11 @@ class FrameLengths:
             length = int.from_bytes(header[:3], "big")
             if length > maximum:
                 return length
+            if header[3] in _BLOCK_TYPES:
+                self._block = 2 if header[4] & _END_HEADERS else 1
             self._skip = length
+            if not length and self._block == 2:
+                self._block = 0
         return None
 
 
@@ -173,6 +202,10 @@ def guarded(connection_class: type[Any]) -> type[Any]:
         _lengths: FrameLengths | None = None
         _refused = False
         stats: Counter[str] | None = None
+        #: Seconds a header block may stay open (0: no deadline); set by
+        #: the web target on each connection, as ``stats`` is.
+        header_timeout: float = 0
+        _header_deadline: Any = None
 
         def connectionMade(self) -> None:
             super().connectionMade()
@@ -205,6 +238,13 @@ def guarded(connection_class: type[Any]) -> type[Any]:
                 super().dataReceived(data)
                 if self.conn.state_machine.state is ConnectionState.CLOSED:
                     self._let_close()
+                elif lengths.in_headers:
+                    if self._header_deadline is None and self.header_timeout:
+                        self._header_deadline = self._reactor.callLater(
+                            self.header_timeout, self._headers_timed_out
+                        )
+                elif self._header_deadline is not None:
+                    self._stop_header_deadline()
                 return
             self._refused = True
             if self.stats is not None:
@@ -222,6 +262,37 @@ def guarded(connection_class: type[Any]) -> type[Any]:
             self.transport.write(self.conn.data_to_send())
             self.transport.loseConnection()
             self._let_close()
+
+        def _stop_header_deadline(self) -> None:
+            deadline, self._header_deadline = self._header_deadline, None
+            if deadline is not None and deadline.active():
+                deadline.cancel()
+
+        def _headers_timed_out(self) -> None:
+            """A header block stayed open ``header_timeout`` seconds: a GOAWAY
+            (PROTOCOL_ERROR, the code nginx's ``ngx_http_v2_read_handler``
+            sends when an HTTP/2 read times out) and close."""
+            self._header_deadline = None
+            if self._refused or self.transport is None:
+                return
+            self._refused = True
+            if self.stats is not None:
+                self.stats["closed.header_timeout"] += 1
+            log.info(
+                "txcmux.web: closing HTTP/2 connection from {peer}: a header"
+                " block still open after {timeout:g} s (header_timeout;"
+                " GOAWAY PROTOCOL_ERROR)",
+                peer=describe_peer(self.transport.getPeer()),
+                timeout=self.header_timeout,
+            )
+            self.conn.close_connection(error_code=ErrorCodes.PROTOCOL_ERROR)
+            self.transport.write(self.conn.data_to_send())
+            self.transport.loseConnection()
+            self._let_close()
+
+        def connectionLost(self, reason: Any, _cancelTimeouts: bool = True) -> None:
+            self._stop_header_deadline()
+            super().connectionLost(reason, _cancelTimeouts=_cancelTimeouts)
 
         def _protocol_error(self, problem: Exception) -> None:
             """Count and log a client's HTTP/2 protocol error (h2 sends GOAWAY)."""
