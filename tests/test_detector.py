@@ -466,7 +466,7 @@ def test_start_and_stop_reach_each_route_factory_once() -> None:
     ("options", "message"),
     [
         ({"routes": []}, "at least one route"),
-        ({"sniff_timeout": 0}, "sniff_timeout must be a positive number"),
+        ({"sniff_timeout": 0}, "sniff_timeout is 0; expected a positive number"),
         ({"max_sniff_bytes": 0}, "max_sniff_bytes must be at least 1"),
         (
             {"on_timeout": "sssh"},

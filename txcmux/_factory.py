@@ -30,7 +30,7 @@ from ._connections import Connections, Limits, Warnings
 from ._deadlines import Deadlines
 from ._decision import Decider
 from ._detector import Detector, Rejection
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, seconds_argument
 from ._histogram import DECISION_BYTES, DECISION_SECONDS, Histogram
 from ._log import log
 from ._prelude import Prelude
@@ -95,11 +95,9 @@ class ProtocolSwitchingFactory(Factory):
             if route.name in self._by_name:
                 raise ConfigurationError(f"two routes are named {route.name!r}")
             self._by_name[route.name] = route
-        if sniff_timeout is not None and not sniff_timeout > 0:
-            raise ConfigurationError(
-                "sniff_timeout must be a positive number of seconds,"
-                f" not {sniff_timeout!r}"
-            )
+        sniff_timeout = seconds_argument(
+            "ProtocolSwitchingFactory", "sniff_timeout", sniff_timeout, off="None"
+        )
         if max_sniff_bytes < 1:
             raise ConfigurationError(
                 f"max_sniff_bytes must be at least 1, not {max_sniff_bytes!r}"

@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import _compat
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, seconds_argument
 from .._grpc._peers import CLIENTS
 from .._handoff import Handoff, IHandoffReceiver
 from .._histogram import CONNECT_SECONDS, Histogram
@@ -694,22 +694,8 @@ class RelayFactory(Factory):
                 f"{where}: endpoint is {endpoint!r}; expected an endpoint string"
                 " or an IStreamClientEndpoint"
             )
-        if isinstance(connect_timeout, bool) or not (
-            isinstance(connect_timeout, int | float) and connect_timeout > 0
-        ):
-            raise ConfigurationError(
-                f"{where}: connect_timeout is {connect_timeout!r}; expected a"
-                " positive number of seconds"
-            )
-        if idle_timeout is None:
-            idle_timeout = 0
-        if isinstance(idle_timeout, bool) or not (
-            isinstance(idle_timeout, int | float) and 0 <= idle_timeout < float("inf")
-        ):
-            raise ConfigurationError(
-                f"{where}: idle_timeout is {idle_timeout!r}; expected a"
-                " positive number of seconds, or 0 for none"
-            )
+        connect_timeout = seconds_argument(where, "connect_timeout", connect_timeout)
+        idle_timeout = seconds_argument(where, "idle_timeout", idle_timeout, off="0")
         if clients is not None and not IRelayedClients.providedBy(clients):
             raise ConfigurationError(
                 f"{where}: clients is {clients!r}; expected an IRelayedClients"

@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import _compat
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, seconds_argument
 from .._factory import ProtocolSwitchingFactory
 from .._handoff import install
 from .._log import describe_peer, log
@@ -405,16 +405,9 @@ class TLSTerminationFactory(Factory):
             load_certificates(client_ca, "client CA")
             client_certificates = client_certificates or "required"
         self.client_certificates = client_certificates
-        if handshake_timeout is not None and (
-            isinstance(handshake_timeout, bool)
-            or not isinstance(handshake_timeout, int | float)
-            or not handshake_timeout > 0
-        ):
-            raise ConfigurationError(
-                f"TLSTerminationFactory: handshake_timeout is {handshake_timeout!r};"
-                " expected a positive number of seconds, or None"
-            )
-        self.handshake_timeout = handshake_timeout
+        self.handshake_timeout = seconds_argument(
+            "TLSTerminationFactory", "handshake_timeout", handshake_timeout, off="None"
+        )
         self.identity = Identity(certificate, key)
         named = _named_identities(sni)
         self._connections = _ServerConnections(

@@ -46,7 +46,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from .. import _compat
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, seconds_argument
 from .._handoff import Handoff, IHandoffFactory, IHandoffReceiver, install
 from .._log import SHOWN_BYTES, describe_peer, log
 from ..matchers._http2 import PREFACE
@@ -120,16 +120,9 @@ class WebFactory(Factory):
         name: str = "web",
         header_timeout: float | None = DEFAULT_HEADER_TIMEOUT,
     ) -> None:
-        if header_timeout is None:
-            header_timeout = 0
-        if isinstance(header_timeout, bool) or not (
-            isinstance(header_timeout, int | float)
-            and 0 <= header_timeout < float("inf")
-        ):
-            raise ConfigurationError(
-                f"WebFactory(header_timeout={header_timeout!r}): expected a"
-                " positive number of seconds, or 0 for none"
-            )
+        header_timeout = seconds_argument(
+            "WebFactory", "header_timeout", header_timeout, off="0"
+        )
         self.header_timeout: float = header_timeout
         self.name = name
         if isinstance(site_or_resource, Site):
