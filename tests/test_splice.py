@@ -392,13 +392,13 @@ class PipePoolTests(unittest.TestCase):
         pipes = _splice._Pipes(keep=1)
         first, second, third = pipes.take(), pipes.take(), pipes.take()
         os.write(first[1], b"left over")
-        pipes.give(first, empty=False)  # bytes in it: closed, never reused
+        pipes.discard(first)  # bytes in it: closed, never reused
         self.assertRaises(OSError, os.fstat, first[0])
-        pipes.give(second, empty=True)
-        pipes.give(third, empty=True)  # over keep: closed
+        pipes.give(second)
+        pipes.give(third)  # over keep: closed
         self.assertRaises(OSError, os.fstat, third[1])
         self.assertEqual(pipes.take(), second)
-        pipes.give(second, empty=True)
+        pipes.give(second)
         pipes.forget()
         self.assertRaises(OSError, os.fstat, second[0])
         self.assertEqual(pipes.free, [])
@@ -490,7 +490,7 @@ class PipePoolTests(unittest.TestCase):
 
     def test_a_forked_child_keeps_none_of_the_parents_pipes(self) -> None:
         pipe = _splice._PIPES.take()
-        _splice._PIPES.give(pipe, empty=True)
+        _splice._PIPES.give(pipe)
         self.assertIn(pipe, _splice._PIPES.free)
         child = os.fork()
         if child == 0:

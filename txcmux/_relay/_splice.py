@@ -75,9 +75,10 @@ class _Pipes:
     A pump holds a pipe only while bytes are in it, so an idle spliced
     relay holds its two sockets and nothing more: 10,000 idle relays would
     otherwise hold 40,000 descriptors for their pipes, and count 64 KiB
-    each against the per-user pipe limit.  HAProxy likewise gives a pipe
-    back to its pool as soon as it is empty (``tune.maxpipes``).  Only
-    pipes known to be empty are kept, at most ``keep`` of them.
+    each against the per-user pipe limit.  HAProxy (``pipes_live``, bounded
+    by ``tune.maxpipes``) and h2o (``spare_pipes``) keep spare pipes the
+    same way.  Only pipes known to be empty are given back, and at most
+    ``keep`` of them are kept.
     """
 
     def __init__(self, keep: int) -> None:
@@ -90,20 +91,24 @@ class _Pipes:
             return self.free.pop()
         return os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
-    def give(self, pipe: tuple[int, int], empty: bool) -> None:
-        """Keep ``pipe`` for the next pump if it is ``empty`` and there is room."""
-        if empty and len(self.free) < self.keep:
+    def give(self, pipe: tuple[int, int]) -> None:
+        """Keep ``pipe``, empty, for the next pump if there is room."""
+        if len(self.free) < self.keep:
             self.free.append(pipe)
         else:
-            os.close(pipe[0])
-            os.close(pipe[1])
+            self.discard(pipe)
+
+    @staticmethod
+    def discard(pipe: tuple[int, int]) -> None:
+        """Close ``pipe``, whatever it holds."""
+        os.close(pipe[0])
+        os.close(pipe[1])
 
     def forget(self) -> None:
         """Close the kept pipes (in a forked child, whose copies they are)."""
         free, self.free = self.free, []
         for pipe in free:
-            os.close(pipe[0])
-            os.close(pipe[1])
+            self.discard(pipe)
 
 
 #: The process's kept pipes: what a few hundred transfers at once reuse.
@@ -194,7 +199,7 @@ class _Pump:
         """The pipe is empty: give it back, unless this transfer is bulk."""
         if self.pipe is not _NO_PIPE and not self.grown:
             pipe, self.pipe = self.pipe, _NO_PIPE
-            _PIPES.give(pipe, empty=True)
+            _PIPES.give(pipe)
 
     def _grow(self) -> None:
         """A bulk transfer: give it a bigger pipe (if the system allows), and
@@ -244,7 +249,7 @@ class _Pump:
         """Close the pipe with whatever it holds: it is never used again."""
         if self.pipe is not _NO_PIPE:
             pipe, self.pipe = self.pipe, _NO_PIPE
-            _PIPES.give(pipe, empty=False)
+            _PIPES.discard(pipe)
         self.pending = 0
 
     def close(self) -> None:
