@@ -109,10 +109,12 @@ def test_any_split_gives_the_same_answer(
     assert first_refusal(splits(stream, cuts)) == whole
 
 
-def web(clock: Clock | None = None) -> WebFactory:
+def web(clock: Clock | None = None, header_timeout: float = 60) -> WebFactory:
     root = Resource()
     root.putChild(b"hello", Data(b"hello", "text/plain"))
-    return WebFactory(Site(root, reactor=clock or Clock()))
+    return WebFactory(
+        Site(root, reactor=clock or Clock()), header_timeout=header_timeout
+    )
 
 
 def test_the_web_target_sends_goaway_and_closes_on_the_header() -> None:
@@ -266,9 +268,7 @@ def test_in_headers_does_not_depend_on_how_the_bytes_are_split(
 def connected(header_timeout: float) -> tuple[Any, StringTransport, Clock, WebFactory]:
     """An HTTP/2 connection of the web target, in memory, on a Clock."""
     clock = Clock()
-    root = Resource()
-    root.putChild(b"hello", Data(b"hello", "text/plain"))
-    factory = WebFactory(Site(root, reactor=clock), header_timeout=header_timeout)
+    factory = web(clock, header_timeout)
     connection = factory.buildProtocol(None)
     transport = StringTransport()
     connection.makeConnection(transport)
