@@ -291,6 +291,32 @@ def test_a_header_block_left_open_gets_goaway_at_the_deadline() -> None:
     assert factory.stats["closed.header_timeout"] == 1
 
 
+class CountingClock(Clock):
+    """A Clock that counts the header deadlines started on it."""
+
+    deadlines = 0
+
+    def callLater(self, delay: float, function: Any, *a: Any, **kw: Any) -> Any:
+        if getattr(function, "__name__", "") == "_headers_timed_out":
+            self.deadlines += 1
+        return super().callLater(delay, function, *a, **kw)
+
+
+def test_a_header_block_in_one_read_starts_no_timer() -> None:
+    clock = CountingClock()
+    connection = web(clock, header_timeout=5).buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.dataReceived(PREFACE + SETTINGS)
+    for stream in range(1, 20, 2):
+        connection.dataReceived(frame(1, END_STREAM | END_HEADERS, stream, BLOCK))
+    clock.advance(0)  # Twisted sends the bodies on the next turn
+    assert [kind for kind, _ in frames(transport.value())].count(0) >= 10  # DATA
+    assert clock.deadlines == 0
+    connection.dataReceived(frame(1, END_STREAM, 21, BLOCK[:3]))  # spans reads
+    assert clock.deadlines == 1
+
+
 def test_finished_header_blocks_leave_no_deadline() -> None:
     connection, transport, clock, factory = connected(header_timeout=5)
     for stream in (1, 3):
